@@ -1,0 +1,45 @@
+# normbook: every target creates or reuses the virtual environment it needs.
+#   make book        build the website into _build/html (executes chapters at SCALE="ci")
+#   make test        unit tests, nbval, papermill with another seed, website build + Chromium check
+#   make reproduce   papermill at SCALE=full into results/ (for a GPU machine)
+#   make lab         open the notebooks in JupyterLab
+#   make clean       remove build outputs (keeps .venv)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.normbook-installed
+SCALE  ?= full
+SEED   ?= 0
+
+.PHONY: book test reproduce lab bench clean browser
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned here: a CPU build on CPU machines, the CUDA build on GPU machines.
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[book,test]"
+	touch $@
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+	@echo "website: _build/html/index.html"
+
+# Debian's Chromium for the website check (never a browser downloaded by Playwright).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
+	$(PY) -m pytest --nbval-lax tests chapters
+
+reproduce: $(STAMP)
+	mkdir -p results
+	for nb in chapters/[0-9]*.ipynb; do \
+	  $(VENV)/bin/papermill "$$nb" "results/$$(basename $$nb)" -p SCALE $(SCALE) -p SEED $(SEED) || exit 1; \
+	done
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab chapters/
+
+clean:
+	rm -rf _build results .pytest_cache

@@ -1,0 +1,93 @@
+"""Loaders for the small datasets in the repository's ``data/`` folder.
+
+Each file's SHA-256 is checked before it is read, so a truncated or altered file fails with
+an error naming it instead of silently training on bad data. The folder is found from the
+``NORMLIB_DATA`` environment variable, else ``data/`` next to the normlib package (a source
+checkout). ``data/README.md`` gives each file's provenance and license and
+``data/make_data.py`` regenerates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "DataError"]
+
+SHA256 = {
+    "mnist10k.npz": "f1a23f2fb1a1c97bb00a811807ddd50a888dbcdcdead94147993273c22ee3f37",
+    "shakespeare.txt": "c910e844c94621830c2222f2cca5c7ec512c59af2fa8dc53fff89cd4ed980b8b",
+}
+MNIST_TRAIN = 8000  # the first 8,000 (shuffled) digits train, the last 2,000 test
+
+
+class DataError(RuntimeError):
+    """A data file is missing or does not match its recorded checksum."""
+
+
+def data_dir() -> Path:
+    """The folder the data files are read from."""
+    return Path(os.environ.get("NORMLIB_DATA", Path(__file__).resolve().parent.parent / "data"))
+
+
+def data_path(name: str) -> Path:
+    """Path of a data file after checking that it exists and its SHA-256 matches."""
+    if name not in SHA256:
+        raise ValueError(f"name: expected one of {sorted(SHA256)}, got {name!r}")
+    path = data_dir() / name
+    if not path.is_file():
+        raise DataError(
+            f"data file {name} not found at {path}: set NORMLIB_DATA to the folder holding it, "
+            f"or regenerate it with `python data/make_data.py`"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHA256[name]:
+        raise DataError(
+            f"data file {name} at {path} is corrupted: SHA-256 {digest}, expected {SHA256[name]}; "
+            f"regenerate it with `python data/make_data.py`"
+        )
+    return path
+
+
+def load_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST digits as ``(images, labels)``: float32 images of shape ``(n, 1, 28, 28)`` in
+    [0, 1] and int64 labels. ``split`` is ``"train"`` (8,000), ``"test"`` (2,000) or
+    ``"all"`` (10,000)."""
+    splits = {"train": slice(0, MNIST_TRAIN), "test": slice(MNIST_TRAIN, None), "all": slice(None)}
+    if split not in splits:
+        raise ValueError(f"split: expected one of {sorted(splits)}, got {split!r}")
+    with np.load(data_path("mnist10k.npz")) as archive:
+        images, labels = archive["images"][splits[split]], archive["labels"][splits[split]]
+    x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_shakespeare() -> str:
+    """About 1 MB of Shakespeare's plays as one string (CC BY 2.5, see data/README.md)."""
+    return data_path("shakespeare.txt").read_text(encoding="utf-8")
+
+
+class CharTokenizer:
+    """Character-level vocabulary built from a text: ``encode`` maps a string to a
+    LongTensor of ids, ``decode`` maps ids back."""
+
+    def __init__(self, text: str):
+        self.chars = sorted(set(text))
+        self._index = {c: i for i, c in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> torch.Tensor:
+        unknown = set(text) - self._index.keys()
+        if unknown:
+            raise ValueError(f"text: characters {sorted(unknown)!r} are not in the vocabulary")
+        return torch.tensor([self._index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)

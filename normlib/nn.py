@@ -1,0 +1,242 @@
+"""``nn.Module`` layers built on :mod:`normlib.functional`.
+
+Constructors, defaults, parameter and buffer names match ``torch.nn``, so a
+``state_dict`` saved from a torch model loads into the normlib one and back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normlib import _checks as C
+from normlib import functional as F
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "LayerNorm",
+    "RMSNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "AdaIN",
+]
+
+
+class _PerChannelNorm(nn.Module):
+    """Shared state of BatchNorm and InstanceNorm: affine parameters and running stats."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, *, bias=True):
+        super().__init__()
+        C.check_positive_int(num_features, "num_features")
+        C.check_eps(eps)
+        if momentum is not None:
+            C.check_momentum(momentum)
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        factory = {"device": device, "dtype": dtype}
+        self.register_parameter("weight", nn.Parameter(torch.ones(num_features, **factory)) if affine else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(num_features, **factory)) if affine and bias else None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        C.check_tensor(x, "input")
+        if x.dim() not in self._input_dims:
+            raise ValueError(
+                f"input: expected {' or '.join(map(str, self._input_dims))}D input to "
+                f"{type(self).__name__}, got shape {tuple(x.shape)}"
+            )
+
+    def _averaging_factor(self) -> float:
+        """Momentum for this step; ``momentum=None`` gives a cumulative moving average."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        return factor
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
+
+
+class _BatchNorm(_PerChannelNorm):
+    """Batch normalization (Ioffe & Szegedy 2015). Derived in ``chapters/02_batch_norm.ipynb``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"input: expected {self.num_features} channels in dim 1, got shape {tuple(input.shape)}")
+        factor = self._averaging_factor()
+        # Batch statistics in training mode, and in eval mode when no running stats exist.
+        use_batch_stats = self.training or self.running_mean is None
+        keep_running = not self.training or self.track_running_stats
+        return F.batch_norm(
+            input,
+            self.running_mean if keep_running else None,
+            self.running_var if keep_running else None,
+            self.weight, self.bias, use_batch_stats, factor, self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of ``(N, C)`` or ``(N, C, L)`` inputs; same API as
+    :class:`torch.nn.BatchNorm1d`. Derived in ``chapters/02_batch_norm.ipynb``."""
+
+    _input_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of ``(N, C, H, W)`` inputs; same API as
+    :class:`torch.nn.BatchNorm2d`. Derived in ``chapters/02_batch_norm.ipynb``."""
+
+    _input_dims = (4,)
+
+
+class _InstanceNorm(_PerChannelNorm):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
+                 device=None, dtype=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        C.check_tensor(input, "input")
+        batched = input.dim() == self._input_dims[-1]
+        if not batched and input.dim() != self._input_dims[0]:
+            raise ValueError(
+                f"input: expected {self._input_dims[0]}D (unbatched) or {self._input_dims[1]}D input to "
+                f"{type(self).__name__}, got shape {tuple(input.shape)}"
+            )
+        x = input if batched else input.unsqueeze(0)
+        if self.affine and x.shape[1] != self.num_features:
+            raise ValueError(f"input: expected {self.num_features} channels in dim 1, got shape {tuple(x.shape)}")
+        # As in torch: InstanceNorm does not count batches, and momentum=None freezes the stats.
+        factor = 0.0 if self.momentum is None else self.momentum
+        out = F.instance_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training or not self.track_running_stats, factor, self.eps,
+        )
+        return out if batched else out.squeeze(0)
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization of ``(N, C, L)`` or ``(C, L)`` inputs; same API as
+    :class:`torch.nn.InstanceNorm1d`. Derived in ``chapters/06_instance_norm.ipynb``."""
+
+    _input_dims = (2, 3)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization of ``(N, C, H, W)`` or ``(C, H, W)`` inputs; same API as
+    :class:`torch.nn.InstanceNorm2d`. Derived in ``chapters/06_instance_norm.ipynb``."""
+
+    _input_dims = (3, 4)
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization (Ba, Kiros & Hinton 2016); same API as :class:`torch.nn.LayerNorm`.
+    Derived in ``chapters/03_layer_norm.ipynb``."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.normalized_shape = C.normalized_shape_tuple(normalized_shape)
+        C.check_eps(eps)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        factory = {"device": device, "dtype": dtype}
+        weight = nn.Parameter(torch.ones(self.normalized_shape, **factory)) if elementwise_affine else None
+        bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory)) if elementwise_affine and bias else None
+        self.register_parameter("weight", weight)
+        self.register_parameter("bias", bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization (Zhang & Sennrich 2019); same API as
+    :class:`torch.nn.RMSNorm` (``eps=None`` means the input dtype's machine epsilon).
+    Derived in ``chapters/04_rms_norm.ipynb``."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
+        super().__init__()
+        self.normalized_shape = C.normalized_shape_tuple(normalized_shape)
+        C.check_eps(eps, allow_none=True)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.ones(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(nn.Module):
+    """Group normalization (Wu & He 2018); same API as :class:`torch.nn.GroupNorm`.
+    Derived in ``chapters/05_group_norm.ipynb``."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
+        super().__init__()
+        C.check_positive_int(num_groups, "num_groups")
+        C.check_positive_int(num_channels, "num_channels")
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, got {num_groups}")
+        C.check_eps(eps)
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        factory = {"device": device, "dtype": dtype}
+        self.register_parameter("weight", nn.Parameter(torch.ones(num_channels, **factory)) if affine else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(num_channels, **factory)) if affine and bias else None)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        C.check_tensor(input, "input", min_dim=2)
+        if input.shape[1] != self.num_channels:
+            raise ValueError(f"input: expected {self.num_channels} channels in dim 1, got shape {tuple(input.shape)}")
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}"
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance normalization layer: ``AdaIN()(content, style)``; no parameters.
+    Derived in ``chapters/07_adain.ipynb``."""
+
+    def __init__(self, eps=1e-5):
+        super().__init__()
+        C.check_eps(eps)
+        self.eps = eps
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return F.adain(content, style, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
