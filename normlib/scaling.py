@@ -143,6 +143,8 @@ class StandardScaler(_Scaler):
         eps = np.finfo(np.float64).eps
         constant = self.var_ <= n * eps * self.var_ + (n * self.mean_ * eps) ** 2
         self.scale_ = _nonzero_scale(np.sqrt(self.var_), constant) if self.with_std else None
+        if not self.with_std:
+            self.var_ = None  # as scikit-learn: no variance is kept when it is not used
         self._offset = self.mean_ if self.with_mean else 0.0
         self._divisor = self.scale_ if self.with_std else 1.0
 

@@ -28,8 +28,9 @@ def power_iteration(W: torch.Tensor, u: torch.Tensor, n_iter: int = 1, eps: floa
     ``v = W^T u / ||W^T u||`` then ``u = W v / ||W v||``. Returns ``(sigma, u, v)`` with
     ``sigma = u^T W v``. The vectors are computed without gradient; ``sigma`` is
     differentiable with respect to ``W``, with ``d sigma / d W = u v^T``.
-    The estimate converges at the rate ``(sigma_2 / sigma_1)^(2 k)`` in the number of
-    iterations ``k``.
+    Each iteration multiplies by ``W^T W``, so the vectors' error shrinks like
+    ``(sigma_2 / sigma_1)^(2 k)`` after ``k`` iterations, and that of ``sigma`` (quadratic
+    in the vectors' error) like ``(sigma_2 / sigma_1)^(4 k)``.
 
     Derived in ``chapters/08_spectral_norm.ipynb``.
     """
