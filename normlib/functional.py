@@ -1,6 +1,6 @@
 """Normalization functions with ``torch.nn.functional``-compatible signatures.
 
-Each function checks its inputs (see :mod:`normlib._checks`), then computes the
+Each function checks its inputs (see ``normlib._checks``), then computes the
 normalization in a readable reference path:
 
 * statistics are computed in float32 for float16/bfloat16 inputs (in the input dtype
