@@ -90,6 +90,8 @@ class MinMaxScaler(_Scaler):
 
     ``X_scaled = (X - min) / (max - min) * (b - a) + a``; sensitive to outliers, since a single
     extreme value sets the range. ``clip=True`` clips transformed values to the range.
+
+    Derived in ``chapters/01_feature_scaling.ipynb``.
     """
 
     _param_names = ("feature_range", "clip")
@@ -126,7 +128,10 @@ class MinMaxScaler(_Scaler):
 class StandardScaler(_Scaler):
     """Standardize each feature to zero mean and unit variance: ``(X - mean) / std``
     (population standard deviation). Features whose variance is zero up to rounding error
-    keep scale 1."""
+    keep scale 1.
+
+    Derived in ``chapters/01_feature_scaling.ipynb``.
+    """
 
     _param_names = ("with_mean", "with_std")
     _fitted_attribute = "mean_"
@@ -152,7 +157,10 @@ class StandardScaler(_Scaler):
 class RobustScaler(_Scaler):
     """Center on the median and divide by the inter-quantile range (default 25th to 75th
     percentile), statistics that a few outliers cannot move. ``unit_variance=True`` rescales
-    so that normally distributed features end up with variance 1."""
+    so that normally distributed features end up with variance 1.
+
+    Derived in ``chapters/01_feature_scaling.ipynb``.
+    """
 
     _param_names = ("with_centering", "with_scaling", "quantile_range", "unit_variance")
     _fitted_attribute = "center_"
@@ -182,7 +190,10 @@ class RobustScaler(_Scaler):
 
 class MaxAbsScaler(_Scaler):
     """Divide each feature by its largest absolute training value, mapping it into
-    ``[-1, 1]`` without shifting it (so zeros, and sparsity, are kept)."""
+    ``[-1, 1]`` without shifting it (so zeros, and sparsity, are kept).
+
+    Derived in ``chapters/01_feature_scaling.ipynb``.
+    """
 
     _param_names = ()
 
