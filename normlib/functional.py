@@ -22,6 +22,8 @@ from normlib import _checks as C
 
 __all__ = [
     "batch_norm",
+    "ghost_batch_norm",
+    "mixed_batch_norm",
     "layer_norm",
     "rms_norm",
     "group_norm",
@@ -116,6 +118,86 @@ def batch_norm(
                     running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
     view = lambda p: _channel_view(p, input.dim())  # noqa: E731
     return _affine(y, weight, bias, view).to(input.dtype)
+
+
+def ghost_batch_norm(
+    input: torch.Tensor,
+    ghost_batch_size: int,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Ghost batch normalization (Hoffer et al. 2017): in training mode the batch is split
+    into consecutive "ghost" batches of ``ghost_batch_size`` examples (the last may be
+    smaller), each normalized with its own statistics. The running statistics take one
+    momentum step towards the average of the ghost batches' means and unbiased variances.
+    In evaluation mode it is :func:`batch_norm`. Per-device BatchNorm in data-parallel
+    training is ghost batch normalization with the per-device batch as the ghost batch.
+
+    Derived in ``chapters/02_batch_norm.ipynb``.
+    """
+    C.check_tensor(input, "input", min_dim=2)
+    C.check_positive_int(ghost_batch_size, "ghost_batch_size")
+    if not training:
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    chunks = input.split(ghost_batch_size)
+    means, variances = [], []
+    outputs = []
+    for chunk in chunks:
+        chunk_mean = torch.zeros(input.shape[1], dtype=_stats_dtype(input), device=input.device)
+        chunk_var = torch.ones_like(chunk_mean)
+        # With momentum 1, batch_norm writes the chunk's mean and unbiased variance into these
+        # buffers; it also rejects a chunk with one value per channel.
+        outputs.append(batch_norm(chunk, chunk_mean, chunk_var, weight, bias, True, 1.0, eps))
+        means.append(chunk_mean)
+        variances.append(chunk_var)
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(torch.stack(means).mean(0).to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_(torch.stack(variances).mean(0).to(running_var.dtype), alpha=momentum)
+    return torch.cat(outputs)
+
+
+def mixed_batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    alpha: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Inference-time batch normalization with statistics mixed between the current batch
+    and the population (Summers & Dinneen 2020, "inference example weighing"):
+    ``mu = alpha * mu_B + (1 - alpha) * mu_pop`` and ``sigma^2`` the variance of the same
+    mixture, ``alpha * var_B + (1 - alpha) * var_pop + alpha (1 - alpha) (mu_B - mu_pop)^2``
+    (the second moments mixed, written without subtracting squares). ``alpha = 0`` is
+    evaluation-mode :func:`batch_norm`; ``alpha = 1`` uses the batch alone.
+
+    Derived in ``chapters/02_batch_norm.ipynb``.
+    """
+    C.check_tensor(input, "input", min_dim=2)
+    channels = input.shape[1]
+    for name, p in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        C.check_param(p, name, (channels,), input)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean, running_var: expected tensors, got None")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    C.check_eps(eps)
+    sd = _stats_dtype(input)
+    dims = [0, *range(2, input.dim())]
+    batch_var, batch_mean = torch.var_mean(input.to(sd), dim=dims, correction=0)
+    pop_mean, pop_var = running_mean.to(sd), running_var.to(sd)
+    mean = alpha * batch_mean + (1 - alpha) * pop_mean
+    var = alpha * batch_var + (1 - alpha) * pop_var + alpha * (1 - alpha) * (batch_mean - pop_mean) ** 2
+    return batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
 
 
 def layer_norm(

@@ -84,7 +84,21 @@ class _PerChannelNorm(nn.Module):
 
 
 class _BatchNorm(_PerChannelNorm):
-    """Batch normalization (Ioffe & Szegedy 2015). Derived in ``chapters/02_batch_norm.ipynb``."""
+    """Batch normalization (Ioffe & Szegedy 2015). Derived in ``chapters/02_batch_norm.ipynb``.
+
+    Two extensions beyond ``torch.nn``, both off by default: ``ghost_batch_size`` (keyword)
+    normalizes training batches in ghost batches of that size
+    (:func:`normlib.functional.ghost_batch_norm`), and setting the attribute
+    ``inference_alpha`` to a value in (0, 1] mixes batch and population statistics in eval
+    mode (:func:`normlib.functional.mixed_batch_norm`).
+    """
+
+    def __init__(self, *args, ghost_batch_size: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if ghost_batch_size is not None:
+            C.check_positive_int(ghost_batch_size, "ghost_batch_size")
+        self.ghost_batch_size = ghost_batch_size
+        self.inference_alpha = 0.0
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
@@ -94,12 +108,20 @@ class _BatchNorm(_PerChannelNorm):
         # Batch statistics in training mode, and in eval mode when no running stats exist.
         use_batch_stats = self.training or self.running_mean is None
         keep_running = not self.training or self.track_running_stats
-        return F.batch_norm(
-            input,
-            self.running_mean if keep_running else None,
-            self.running_var if keep_running else None,
-            self.weight, self.bias, use_batch_stats, factor, self.eps,
-        )
+        running_mean = self.running_mean if keep_running else None
+        running_var = self.running_var if keep_running else None
+        if not use_batch_stats and self.inference_alpha > 0:
+            return F.mixed_batch_norm(input, running_mean, running_var, self.inference_alpha,
+                                      self.weight, self.bias, self.eps)
+        if use_batch_stats and self.ghost_batch_size is not None:
+            return F.ghost_batch_norm(input, self.ghost_batch_size, running_mean, running_var,
+                                      self.weight, self.bias, True, factor, self.eps)
+        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                            use_batch_stats, factor, self.eps)
+
+    def extra_repr(self) -> str:
+        ghost = f", ghost_batch_size={self.ghost_batch_size}" if self.ghost_batch_size else ""
+        return super().extra_repr() + ghost
 
 
 class BatchNorm1d(_BatchNorm):

@@ -15,7 +15,8 @@ import yaml
 import normlib
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_MODULES = ["normlib.functional", "normlib.nn", "normlib.spectral", "normlib.scaling"]
+PUBLIC_MODULES = ["normlib.functional", "normlib.nn", "normlib.spectral", "normlib.scaling", "normlib.backward",
+                  "normlib.quadratic"]
 
 
 def test_version():

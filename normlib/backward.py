@@ -1,0 +1,69 @@
+"""Hand-derived backward passes of the normalizations, written out as the chapters derive
+them. Autograd does not need them; they are here so that the derivations are executable
+and tested against autograd (and they are the formulas the GPU kernels implement).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from normlib import _checks as C
+
+__all__ = ["batch_norm_backward", "layer_norm_backward"]
+
+
+def _normalized_backward(grad_xhat: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, dims) -> torch.Tensor:
+    """Gradient through ``xhat = (x - mean) * rstd`` when mean and rstd are statistics over
+    ``dims``: ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``."""
+    mean_g = grad_xhat.mean(dim=dims, keepdim=True)
+    mean_gx = (grad_xhat * xhat).mean(dim=dims, keepdim=True)
+    return rstd * (grad_xhat - mean_g - xhat * mean_gx)
+
+
+def batch_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor | None = None,
+                        eps: float = 1e-5):
+    """Gradients of training-mode batch normalization of an ``(N, C, *)`` input.
+
+    Returns ``(grad_input, grad_weight, grad_bias)``; ``grad_weight`` and ``grad_bias`` are
+    ``None`` when ``weight`` is. Derived in ``chapters/02_batch_norm.ipynb``.
+    """
+    C.check_tensor(input, "input", min_dim=2)
+    C.check_tensor(grad_output, "grad_output", min_dim=2)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    C.check_param(weight, "weight", (input.shape[1],), input)
+    C.check_eps(eps)
+    dims = [0, *range(2, input.dim())]
+    view = (1, -1, *([1] * (input.dim() - 2)))
+    var, mean = torch.var_mean(input, dim=dims, keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (input - mean) * rstd
+    grad_xhat = grad_output * weight.view(view) if weight is not None else grad_output
+    grad_input = _normalized_backward(grad_xhat, xhat, rstd, dims)
+    if weight is None:
+        return grad_input, None, None
+    return grad_input, (grad_output * xhat).sum(dim=dims), grad_output.sum(dim=dims)
+
+
+def layer_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized_shape,
+                        weight: torch.Tensor | None = None, eps: float = 1e-5):
+    """Gradients of layer normalization over the trailing ``normalized_shape`` axes.
+
+    Returns ``(grad_input, grad_weight, grad_bias)``. Derived in ``chapters/03_layer_norm.ipynb``.
+    """
+    C.check_tensor(input, "input")
+    shape = C.normalized_shape_tuple(normalized_shape)
+    C.check_trailing_shape(input, shape)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    C.check_param(weight, "weight", shape, input)
+    dims = tuple(range(-len(shape), 0))
+    batch_dims = tuple(range(input.dim() - len(shape)))
+    var, mean = torch.var_mean(input, dim=dims, keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (input - mean) * rstd
+    grad_xhat = grad_output * weight if weight is not None else grad_output
+    grad_input = _normalized_backward(grad_xhat, xhat, rstd, dims)
+    if weight is None:
+        return grad_input, None, None
+    return grad_input, (grad_output * xhat).sum(dim=batch_dims), grad_output.sum(dim=batch_dims)

@@ -1,0 +1,5 @@
+"""The small models the chapters train."""
+
+from normlib.models.mlp import MLP
+
+__all__ = ["MLP"]

@@ -1,0 +1,147 @@
+"""The one training loop of the book.
+
+``fit`` trains a model for a number of optimizer steps on mini-batches drawn from tensors,
+evaluates it every ``eval_every`` steps, shows a progress bar, and returns a
+:class:`History`. A run whose loss becomes non-finite stops early and is marked
+``diverged``, which is what learning-rate sweeps need to know.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["seed_everything", "minibatches", "History", "fit", "accuracy"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a torch generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def minibatches(tensors: Sequence[torch.Tensor], batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
+    """Endless shuffled mini-batches (each epoch a new permutation, incomplete batches dropped)."""
+    n = len(tensors[0])
+    if any(len(t) != n for t in tensors):
+        raise ValueError(f"tensors: expected the same length, got {[len(t) for t in tensors]}")
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch_size: expected an int in [1, {n}], got {batch_size}")
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            yield tuple(t[index] for t in tensors)
+
+
+@dataclass
+class History:
+    """Metrics recorded during training: ``history["loss"]`` is a list of (step, value)."""
+
+    records: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    diverged: bool = False
+    seconds: float = 0.0
+    steps: int = 0
+
+    def log(self, step: int, **metrics: float) -> None:
+        for key, value in metrics.items():
+            self.records.setdefault(key, []).append((step, float(value)))
+
+    def __getitem__(self, key: str) -> list[tuple[int, float]]:
+        return self.records[key]
+
+    def steps_of(self, key: str) -> np.ndarray:
+        return np.array([s for s, _ in self.records[key]])
+
+    def values(self, key: str) -> np.ndarray:
+        return np.array([v for _, v in self.records[key]])
+
+    def last(self, key: str) -> float:
+        return self.records[key][-1][1]
+
+
+def fit(
+    model: nn.Module,
+    data: Sequence[torch.Tensor],
+    *,
+    loss_fn: Callable[[nn.Module, tuple], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    batch_size: int,
+    generator: torch.Generator,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    after_step: Callable[[nn.Module, int], None] | None = None,
+    scheduler=None,
+    progress: bool | str = True,
+    log_every: int = 1,
+) -> History:
+    """Train ``model`` for ``steps`` optimizer steps.
+
+    ``loss_fn(model, batch)`` returns the scalar loss of a mini-batch. ``evaluate(model)``
+    (called in eval mode under ``torch.no_grad``, at step 0, every ``eval_every`` steps and
+    at the end) returns metrics to record. ``after_step(model, step)`` runs after each
+    optimizer step (nGPT re-normalizes its weights there).
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    history = History()
+
+    def run_evaluation(step: int) -> None:
+        if evaluate is None:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            history.log(step, **evaluate(model))
+        model.train(was_training)
+
+    run_evaluation(0)
+    model.train()
+    batches = minibatches(data, batch_size, generator)
+    bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else None,
+               disable=not progress, leave=False, mininterval=1.0)
+    start = time.perf_counter()
+    for step in bar:
+        loss = loss_fn(model, next(batches))
+        if not math.isfinite(loss.item()):
+            history.diverged = True
+            history.log(step, loss=float("inf"))
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if after_step is not None:
+            after_step(model, step)
+        if step % log_every == 0:
+            history.log(step, loss=loss.item())
+        if eval_every and step % eval_every == 0 and step != steps:
+            run_evaluation(step)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    history.steps = step
+    history.seconds = time.perf_counter() - start
+    if not history.diverged:
+        run_evaluation(steps)
+    return history
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of examples whose arg-max prediction equals the label."""
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        correct += (logits.argmax(-1) == y[start:start + batch_size]).sum().item()
+    return correct / len(x)
