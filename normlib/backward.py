@@ -9,7 +9,7 @@ import torch
 
 from normlib import _checks as C
 
-__all__ = ["batch_norm_backward", "layer_norm_backward"]
+__all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward"]
 
 
 def _normalized_backward(grad_xhat: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, dims) -> torch.Tensor:
@@ -67,3 +67,26 @@ def layer_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normaliz
     if weight is None:
         return grad_input, None, None
     return grad_input, (grad_output * xhat).sum(dim=batch_dims), grad_output.sum(dim=batch_dims)
+
+
+def rms_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized_shape,
+                      weight: torch.Tensor | None = None, eps: float = 1e-6):
+    """Gradients of RMS normalization ``y = x * r * gamma`` with ``r = (mean(x^2) + eps)^(-1/2)``:
+    ``dx = r * (g - xhat * mean(g * xhat))`` with ``g = dy * gamma`` and ``xhat = x * r``.
+
+    Returns ``(grad_input, grad_weight)``. Derived in ``chapters/04_rms_norm.ipynb``.
+    """
+    C.check_tensor(input, "input")
+    shape = C.normalized_shape_tuple(normalized_shape)
+    C.check_trailing_shape(input, shape)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    C.check_param(weight, "weight", shape, input)
+    dims = tuple(range(-len(shape), 0))
+    batch_dims = tuple(range(input.dim() - len(shape)))
+    rstd = torch.rsqrt(input.square().mean(dim=dims, keepdim=True) + eps)
+    xhat = input * rstd
+    grad_xhat = grad_output * weight if weight is not None else grad_output
+    grad_input = rstd * (grad_xhat - xhat * (grad_xhat * xhat).mean(dim=dims, keepdim=True))
+    grad_weight = (grad_output * xhat).sum(dim=batch_dims) if weight is not None else None
+    return grad_input, grad_weight

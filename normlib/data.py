@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "DataError"]
+__all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "language_model_windows",
+           "DataError"]
 
 SHA256 = {
     "mnist10k.npz": "f1a23f2fb1a1c97bb00a811807ddd50a888dbcdcdead94147993273c22ee3f37",
@@ -91,3 +92,16 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
+
+
+def language_model_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a 1-D sequence of token ids into non-overlapping windows for next-token
+    prediction: inputs ``(n, context)`` and targets shifted by one position."""
+    if ids.dim() != 1:
+        raise ValueError(f"ids: expected a 1-D tensor, got shape {tuple(ids.shape)}")
+    if not isinstance(context, int) or not 0 < context < len(ids):
+        raise ValueError(f"context: expected an int in [1, {len(ids) - 1}], got {context!r}")
+    n = (len(ids) - 1) // context
+    inputs = ids[: n * context].view(n, context)
+    targets = ids[1 : n * context + 1].view(n, context)
+    return inputs, targets

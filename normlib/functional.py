@@ -15,6 +15,8 @@ biased variance over the reduced axes; ``eps`` added inside the square root; ``g
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +28,7 @@ __all__ = [
     "mixed_batch_norm",
     "layer_norm",
     "rms_norm",
+    "partial_rms_norm",
     "group_norm",
     "instance_norm",
     "local_response_norm",
@@ -249,6 +252,38 @@ def rms_norm(
     dims = tuple(range(-len(shape), 0))
     xs = input.to(_stats_dtype(input))
     y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
+    return _affine(y, weight, None).to(input.dtype)
+
+
+def partial_rms_norm(
+    input: torch.Tensor,
+    normalized_shape,
+    p: float,
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """pRMSNorm (Zhang & Sennrich 2019): RMSNorm whose root mean square is estimated from
+    the first ``ceil(p * n)`` of the ``n`` normalized features (flattened in row-major
+    order), ``0 < p <= 1``; ``p = 1`` is :func:`rms_norm`. All features are then divided by
+    that estimate.
+
+    Derived in ``chapters/04_rms_norm.ipynb``.
+    """
+    C.check_tensor(input, "input")
+    shape = C.normalized_shape_tuple(normalized_shape)
+    C.check_trailing_shape(input, shape)
+    C.check_param(weight, "weight", shape, input)
+    C.check_eps(eps, allow_none=True)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise ValueError(f"p: expected a fraction in (0, 1], got {p!r}")
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    n = math.prod(shape)
+    k = max(1, math.ceil(p * n))
+    xs = input.to(_stats_dtype(input))
+    flat = xs.reshape(*input.shape[: input.dim() - len(shape)], n)
+    mean_square = flat[..., :k].square().mean(dim=-1, keepdim=True)
+    y = (flat * torch.rsqrt(mean_square + eps)).reshape(input.shape)
     return _affine(y, weight, None).to(input.dtype)
 
 

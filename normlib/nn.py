@@ -202,24 +202,31 @@ class LayerNorm(nn.Module):
 
 class RMSNorm(nn.Module):
     """Root-mean-square normalization (Zhang & Sennrich 2019); same API as
-    :class:`torch.nn.RMSNorm` (``eps=None`` means the input dtype's machine epsilon).
-    Derived in ``chapters/04_rms_norm.ipynb``."""
+    :class:`torch.nn.RMSNorm` (``eps=None`` means the input dtype's machine epsilon), plus
+    ``partial=p`` (keyword) for pRMSNorm, the RMS estimated from the first ``p`` fraction of
+    the features. Derived in ``chapters/04_rms_norm.ipynb``."""
 
-    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None, *,
+                 partial: float | None = None):
         super().__init__()
         self.normalized_shape = C.normalized_shape_tuple(normalized_shape)
         C.check_eps(eps, allow_none=True)
-        self.eps, self.elementwise_affine = eps, elementwise_affine
+        if partial is not None and (isinstance(partial, bool) or not 0 < partial <= 1):
+            raise ValueError(f"partial: expected a fraction in (0, 1] or None, got {partial!r}")
+        self.eps, self.elementwise_affine, self.partial = eps, elementwise_affine, partial
         if elementwise_affine:
             self.weight = nn.Parameter(torch.ones(self.normalized_shape, device=device, dtype=dtype))
         else:
             self.register_parameter("weight", None)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.partial is not None:
+            return F.partial_rms_norm(input, self.normalized_shape, self.partial, self.weight, self.eps)
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        partial = f", partial={self.partial}" if self.partial is not None else ""
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}{partial}"
 
 
 class GroupNorm(nn.Module):

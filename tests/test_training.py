@@ -125,3 +125,63 @@ def test_minibatches_cover_the_data_each_epoch():
     assert sorted(seen.tolist()) == list(range(10))
     with pytest.raises(ValueError, match="batch_size"):
         next(minibatches(data, 11, torch.Generator()))
+
+
+def test_partial_rms_norm():
+    x = torch.randn(4, 16, dtype=torch.float64)
+    torch.testing.assert_close(F.partial_rms_norm(x, (16,), 1.0, eps=1e-6), F.rms_norm(x, (16,), eps=1e-6))
+    k = 4  # p = 0.25 of 16 features
+    expected = x / torch.sqrt(x[:, :k].square().mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(F.partial_rms_norm(x, (16,), 0.25, eps=1e-6), expected)
+    torch.testing.assert_close(F.partial_rms_norm(x, (16,), 0.2, eps=1e-6), expected)  # ceil(3.2) = 4
+    torch.autograd.gradcheck(lambda t, w: F.partial_rms_norm(t, (16,), 0.25, w, eps=1e-6),
+                             (x.clone().requires_grad_(), torch.randn(16, dtype=torch.float64, requires_grad=True)))
+    layer = nn.RMSNorm(16, partial=0.25, eps=1e-6)
+    torch.testing.assert_close(layer(x.float()), expected.float())
+    assert list(layer.state_dict()) == ["weight"]
+    with pytest.raises(ValueError, match=r"p: expected a fraction in \(0, 1\]"):
+        F.partial_rms_norm(x, (16,), 0.0)
+    # re-scaling invariant, not re-centering invariant
+    torch.testing.assert_close(F.partial_rms_norm(3 * x, (16,), 0.5, eps=1e-30), F.partial_rms_norm(x, (16,), 0.5, eps=1e-30))
+
+
+def test_hand_derived_rms_norm_backward_matches_autograd():
+    x = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(5, 3, 8, dtype=torch.float64)
+    F.rms_norm(x, (8,), w, eps=1e-6).backward(dy)
+    dx, dw = backward.rms_norm_backward(dy, x.detach(), (8,), w.detach(), eps=1e-6)
+    torch.testing.assert_close(dx, x.grad)
+    torch.testing.assert_close(dw, w.grad)
+
+
+def test_invariance_table_matches_the_paper_and_rmsnorm_theory():
+    from normlib import invariance
+
+    table = invariance.invariance_table()
+    for method, row in invariance.PAPER_TABLE.items():
+        assert table[method] == row, method
+    assert table["RMSNorm"] == [True, False, False, True, False, True]
+    assert table["GroupNorm (G=2)"] == [True, True, False, True, False, True]
+    assert invariance.invariance_table(seed=1) == table
+
+
+def test_language_models_shapes_and_training_step():
+    from normlib.data import language_model_windows
+    from normlib.models import GPT, CharLSTM
+
+    ids = torch.arange(101) % 7
+    inputs, targets = language_model_windows(ids, 10)
+    assert inputs.shape == (10, 10) and torch.equal(targets[0], ids[1:11])
+    for model in (CharLSTM(7, 16, layer_norm=True), CharLSTM(7, 16), GPT(7, 10, width=16, depth=1, heads=2),
+                  GPT(7, 10, width=16, depth=1, heads=2, norm=lambda d: nn.RMSNorm(d, partial=0.5))):
+        logits = model(inputs)
+        assert logits.shape == (10, 10, 7)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+    # causal: the logits at position t do not depend on later tokens
+    gpt = GPT(7, 10, width=16, depth=1, heads=2).eval()
+    changed = inputs.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 7
+    torch.testing.assert_close(gpt(inputs)[:, :5], gpt(changed)[:, :5])
+    with pytest.raises(ValueError, match="ids: expected at most 10 positions"):
+        gpt(torch.zeros(1, 11, dtype=torch.long))

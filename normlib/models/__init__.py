@@ -1,5 +1,7 @@
 """The small models the chapters train."""
 
+from normlib.models.gpt import GPT
 from normlib.models.mlp import MLP
+from normlib.models.rnn import CharLSTM
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "CharLSTM", "GPT"]
