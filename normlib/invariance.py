@@ -71,7 +71,8 @@ PAPER_TABLE = {
 
 def is_invariant(method: str, transform: str, seed: int = 0, batch: int = 16, hidden: int = 8,
                  inputs: int = 5) -> bool:
-    """Whether ``METHODS[method]`` gives the same output after ``TRANSFORMS[transform]``."""
+    """Whether ``METHODS[method]`` gives the same output after ``TRANSFORMS[transform]``.
+    Derived in ``chapters/03_layer_norm.ipynb``."""
     g = _generator(seed)
     W = torch.randn(hidden, inputs, generator=g, dtype=torch.float64)
     x = torch.randn(batch, inputs, generator=g, dtype=torch.float64)
@@ -81,5 +82,6 @@ def is_invariant(method: str, transform: str, seed: int = 0, batch: int = 16, hi
 
 
 def invariance_table(seed: int = 0) -> dict[str, list[bool]]:
-    """``{method: [invariant under each transform, in TRANSFORMS order]}``."""
+    """``{method: [invariant under each transform, in TRANSFORMS order]}``.
+    Derived in ``chapters/03_layer_norm.ipynb``."""
     return {m: [is_invariant(m, t, seed) for t in TRANSFORMS] for m in METHODS}
