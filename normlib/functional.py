@@ -67,6 +67,19 @@ def _check_same_device(x: torch.Tensor, name: str, other: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected a tensor on {x.device} like the input, got one on {other.device}")
 
 
+def _check_per_channel(input: torch.Tensor, **params) -> None:
+    """Each given per-channel tensor must have shape (C,) and sit on the input's device."""
+    for name, p in params.items():
+        C.check_param(p, name, (input.shape[1],), input)
+
+
+def _update_running(running: torch.Tensor | None, batch_stat: torch.Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch_stat``, in place, without grad."""
+    if running is not None:
+        with torch.no_grad():
+            running.mul_(1 - momentum).add_(batch_stat.detach().to(running.dtype), alpha=momentum)
+
+
 def batch_norm(
     input: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -90,10 +103,7 @@ def batch_norm(
     Derived in ``chapters/02_batch_norm.ipynb``.
     """
     C.check_tensor(input, "input", min_dim=2)
-    channels = input.shape[1]
-    for name, p in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        C.check_param(p, name, (channels,), input)
+    _check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     C.check_eps(eps)
     C.check_momentum(momentum)
     dims = [0, *range(2, input.dim())]
@@ -105,20 +115,15 @@ def batch_norm(
         var = _channel_view(running_var.to(sd), input.dim())
         y = (input.to(sd) - mean) * torch.rsqrt(var + eps)
     else:
-        count = input.numel() // channels
+        count = input.numel() // input.shape[1]
         if count <= 1:
             raise ValueError(
                 f"input: expected more than 1 value per channel when training, got input of shape "
                 f"{tuple(input.shape)} (use a batch of at least 2, or evaluation mode)"
             )
         y, mean, var = _standardize(input, dims, eps)
-        if running_mean is not None or running_var is not None:
-            with torch.no_grad():
-                if running_mean is not None:
-                    running_mean.mul_(1 - momentum).add_(mean.flatten().to(running_mean.dtype), alpha=momentum)
-                if running_var is not None:
-                    unbiased = var.flatten() * (count / (count - 1))
-                    running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        _update_running(running_mean, mean.flatten(), momentum)
+        _update_running(running_var, var.flatten() * (count / (count - 1)), momentum)  # unbiased
     view = lambda p: _channel_view(p, input.dim())  # noqa: E731
     return _affine(y, weight, bias, view).to(input.dtype)
 
@@ -158,11 +163,8 @@ def ghost_batch_norm(
         outputs.append(batch_norm(chunk, chunk_mean, chunk_var, weight, bias, True, 1.0, eps))
         means.append(chunk_mean)
         variances.append(chunk_var)
-    with torch.no_grad():
-        if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(torch.stack(means).mean(0).to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            running_var.mul_(1 - momentum).add_(torch.stack(variances).mean(0).to(running_var.dtype), alpha=momentum)
+    _update_running(running_mean, torch.stack(means).mean(0), momentum)
+    _update_running(running_var, torch.stack(variances).mean(0), momentum)
     return torch.cat(outputs)
 
 
@@ -185,10 +187,7 @@ def mixed_batch_norm(
     Derived in ``chapters/02_batch_norm.ipynb``.
     """
     C.check_tensor(input, "input", min_dim=2)
-    channels = input.shape[1]
-    for name, p in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        C.check_param(p, name, (channels,), input)
+    _check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean, running_var: expected tensors, got None")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
@@ -307,8 +306,7 @@ def group_norm(
         raise ValueError(
             f"num_groups: expected a divisor of the number of channels {channels}, got {num_groups}"
         )
-    C.check_param(weight, "weight", (channels,), input)
-    C.check_param(bias, "bias", (channels,), input)
+    _check_per_channel(input, weight=weight, bias=bias)
     C.check_eps(eps)
     n = input.shape[0]
     grouped = input.reshape(n, num_groups, -1)
@@ -336,10 +334,7 @@ def instance_norm(
     Derived in ``chapters/06_instance_norm.ipynb``.
     """
     C.check_tensor(input, "input", min_dim=3)
-    channels = input.shape[1]
-    for name, p in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        C.check_param(p, name, (channels,), input)
+    _check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     C.check_eps(eps)
     C.check_momentum(momentum)
     dims = tuple(range(2, input.dim()))
@@ -356,13 +351,8 @@ def instance_norm(
             f"input: expected more than 1 spatial element per channel, got input of shape {tuple(input.shape)}"
         )
     y, mean, var = _standardize(input, dims, eps)
-    with torch.no_grad():
-        if running_mean is not None:
-            batch_mean = mean.flatten(1).mean(0)
-            running_mean.mul_(1 - momentum).add_(batch_mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            batch_var = (var.flatten(1) * (count / (count - 1))).mean(0)
-            running_var.mul_(1 - momentum).add_(batch_var.to(running_var.dtype), alpha=momentum)
+    _update_running(running_mean, mean.flatten(1).mean(0), momentum)
+    _update_running(running_var, (var.flatten(1) * (count / (count - 1))).mean(0), momentum)
     return _affine(y, weight, bias, view).to(input.dtype)
 
 
