@@ -93,7 +93,7 @@ def fit(
     """
     import time
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a text bar: no widget dependency, works in a terminal and in Jupyter
 
     history = History()
 

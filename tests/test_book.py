@@ -160,8 +160,9 @@ def image_outputs(notebook: Path) -> int:
 @pytest.mark.parametrize("doc", toc_files())
 def test_page_in_browser(doc, website, server, browser, book_copy):
     """The page loads from the local server alone, its math is typeset by the local
-    MathJax, its images (at least one per figure the notebook produced) are displayed, and
-    every internal link points at an existing page and anchor."""
+    MathJax, its Markdown tables are rendered, its images (at least one per figure the
+    notebook produced) are displayed, and every internal link points at an existing page
+    and anchor."""
     context = browser.new_context()
     blocked, failed, errors = [], [], []
 
@@ -187,6 +188,9 @@ def test_page_in_browser(doc, website, server, browser, book_copy):
                                   "e => !e.querySelector('mjx-container') && e.tagName !== 'MJX-CONTAINER').length")
         tex_errors = page.locator("mjx-merror").count()
         assert untypeset == 0 and tex_errors == 0, f"{doc}: {untypeset} math elements not typeset, {tex_errors} TeX errors"
+
+    text = page.inner_text("main")
+    assert "|---|" not in text, f"{doc}: a Markdown table was shown as raw text"
 
     broken_images = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
                                   ".map(i => i.src)")
