@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "language_model_windows",
-           "DataError"]
+           "shakespeare_language_model", "DataError"]
 
 SHA256 = {
     "mnist10k.npz": "f1a23f2fb1a1c97bb00a811807ddd50a888dbcdcdead94147993273c22ee3f37",
@@ -105,3 +105,16 @@ def language_model_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tenso
     inputs = ids[: n * context].view(n, context)
     targets = ids[1 : n * context + 1].view(n, context)
     return inputs, targets
+
+
+def shakespeare_language_model(context: int, val_windows: int = 128, train_fraction: float = 0.9):
+    """The character-level language-modelling task of the book's chapters: returns
+    ``(tokenizer, (train_inputs, train_targets), (val_inputs, val_targets))``, the first
+    ``train_fraction`` of the text for training and ``val_windows`` windows of the rest for
+    validation."""
+    text = load_shakespeare()
+    tokenizer = CharTokenizer(text)
+    ids = tokenizer.encode(text)
+    split = int(train_fraction * len(ids))
+    val_inputs, val_targets = language_model_windows(ids[split:], context)
+    return tokenizer, language_model_windows(ids[:split], context), (val_inputs[:val_windows], val_targets[:val_windows])

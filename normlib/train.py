@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["seed_everything", "minibatches", "History", "fit", "accuracy"]
+__all__ = ["seed_everything", "minibatches", "History", "fit", "accuracy", "next_token_loss"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -145,3 +145,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         logits = model(x[start:start + batch_size])
         correct += (logits.argmax(-1) == y[start:start + batch_size]).sum().item()
     return correct / len(x)
+
+
+def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of a language model's ``(N, T, vocab)`` logits against ``(N, T)`` targets."""
+    inputs, targets = batch
+    return torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())

@@ -185,3 +185,14 @@ def test_language_models_shapes_and_training_step():
     torch.testing.assert_close(gpt(inputs)[:, :5], gpt(changed)[:, :5])
     with pytest.raises(ValueError, match="ids: expected at most 10 positions"):
         gpt(torch.zeros(1, 11, dtype=torch.long))
+
+
+def test_shakespeare_language_model_task():
+    from normlib.data import shakespeare_language_model
+    from normlib.models import GPT
+    from normlib.train import next_token_loss
+
+    tokenizer, (x, y), (vx, vy) = shakespeare_language_model(32, val_windows=8)
+    assert x.shape[1] == 32 and torch.equal(x[0, 1:], y[0, :-1]) and vx.shape == (8, 32)
+    loss = next_token_loss(GPT(tokenizer.vocab_size, 32, width=16, depth=1, heads=2), (vx, vy))
+    assert abs(loss.item() - np.log(tokenizer.vocab_size)) < 0.5  # untrained: about uniform
