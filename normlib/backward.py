@@ -20,6 +20,19 @@ def _normalized_backward(grad_xhat: torch.Tensor, xhat: torch.Tensor, rstd: torc
     return rstd * (grad_xhat - mean_g - xhat * mean_gx)
 
 
+def _standardized_backward(grad_output, input, weight, stat_dims, param_dims, eps):
+    """Gradients of ``y = gamma * (x - mean) * rstd + beta`` with the statistics taken over
+    ``stat_dims`` and ``gamma``, ``beta`` (already shaped to broadcast) shared over ``param_dims``."""
+    var, mean = torch.var_mean(input, dim=stat_dims, keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (input - mean) * rstd
+    grad_xhat = grad_output * weight if weight is not None else grad_output
+    grad_input = _normalized_backward(grad_xhat, xhat, rstd, stat_dims)
+    if weight is None:
+        return grad_input, None, None
+    return grad_input, (grad_output * xhat).sum(dim=param_dims), grad_output.sum(dim=param_dims)
+
+
 def batch_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor | None = None,
                         eps: float = 1e-5):
     """Gradients of training-mode batch normalization of an ``(N, C, *)`` input.
@@ -34,15 +47,22 @@ def batch_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: 
     C.check_param(weight, "weight", (input.shape[1],), input)
     C.check_eps(eps)
     dims = [0, *range(2, input.dim())]
-    view = (1, -1, *([1] * (input.dim() - 2)))
-    var, mean = torch.var_mean(input, dim=dims, keepdim=True, correction=0)
-    rstd = torch.rsqrt(var + eps)
-    xhat = (input - mean) * rstd
-    grad_xhat = grad_output * weight.view(view) if weight is not None else grad_output
-    grad_input = _normalized_backward(grad_xhat, xhat, rstd, dims)
-    if weight is None:
-        return grad_input, None, None
-    return grad_input, (grad_output * xhat).sum(dim=dims), grad_output.sum(dim=dims)
+    if weight is not None:
+        weight = weight.view(1, -1, *([1] * (input.dim() - 2)))
+    # statistics and parameters both live per channel: reduce over the same axes
+    return _standardized_backward(grad_output, input, weight, dims, dims, eps)
+
+
+def _last_axes(grad_output, input, normalized_shape, weight):
+    """Check the arguments of a norm over the trailing ``normalized_shape`` axes; return
+    those axes and the leading (batch) axes."""
+    C.check_tensor(input, "input")
+    shape = C.normalized_shape_tuple(normalized_shape)
+    C.check_trailing_shape(input, shape)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    C.check_param(weight, "weight", shape, input)
+    return tuple(range(-len(shape), 0)), tuple(range(input.dim() - len(shape)))
 
 
 def layer_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized_shape,
@@ -51,22 +71,9 @@ def layer_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normaliz
 
     Returns ``(grad_input, grad_weight, grad_bias)``. Derived in ``chapters/03_layer_norm.ipynb``.
     """
-    C.check_tensor(input, "input")
-    shape = C.normalized_shape_tuple(normalized_shape)
-    C.check_trailing_shape(input, shape)
-    if grad_output.shape != input.shape:
-        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    C.check_param(weight, "weight", shape, input)
-    dims = tuple(range(-len(shape), 0))
-    batch_dims = tuple(range(input.dim() - len(shape)))
-    var, mean = torch.var_mean(input, dim=dims, keepdim=True, correction=0)
-    rstd = torch.rsqrt(var + eps)
-    xhat = (input - mean) * rstd
-    grad_xhat = grad_output * weight if weight is not None else grad_output
-    grad_input = _normalized_backward(grad_xhat, xhat, rstd, dims)
-    if weight is None:
-        return grad_input, None, None
-    return grad_input, (grad_output * xhat).sum(dim=batch_dims), grad_output.sum(dim=batch_dims)
+    dims, batch_dims = _last_axes(grad_output, input, normalized_shape, weight)
+    # statistics per example (over the features), parameters per feature (over the examples)
+    return _standardized_backward(grad_output, input, weight, dims, batch_dims, eps)
 
 
 def rms_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized_shape,
@@ -76,14 +83,7 @@ def rms_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized
 
     Returns ``(grad_input, grad_weight)``. Derived in ``chapters/04_rms_norm.ipynb``.
     """
-    C.check_tensor(input, "input")
-    shape = C.normalized_shape_tuple(normalized_shape)
-    C.check_trailing_shape(input, shape)
-    if grad_output.shape != input.shape:
-        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    C.check_param(weight, "weight", shape, input)
-    dims = tuple(range(-len(shape), 0))
-    batch_dims = tuple(range(input.dim() - len(shape)))
+    dims, batch_dims = _last_axes(grad_output, input, normalized_shape, weight)
     rstd = torch.rsqrt(input.square().mean(dim=dims, keepdim=True) + eps)
     xhat = input * rstd
     grad_xhat = grad_output * weight if weight is not None else grad_output
