@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -91,8 +92,6 @@ def fit(
     at the end) returns metrics to record. ``after_step(model, step)`` runs after each
     optimizer step (nGPT re-normalizes its weights there).
     """
-    import time
-
     from tqdm import tqdm  # a text bar: no widget dependency, works in a terminal and in Jupyter
 
     history = History()
