@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["seed_everything", "minibatches", "History", "fit", "accuracy", "next_token_loss"]
+__all__ = ["seed_everything", "minibatches", "History", "fit", "warmup_cosine", "accuracy", "next_token_loss"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -95,22 +95,29 @@ def fit(
     from tqdm import tqdm  # a text bar: no widget dependency, works in a terminal and in Jupyter
 
     history = History()
+    evaluation_seconds = 0.0
 
     def run_evaluation(step: int) -> None:
+        nonlocal evaluation_seconds
         if evaluate is None:
             return
+        begin = time.perf_counter()
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            history.log(step, **evaluate(model))
+            metrics = evaluate(model)
         model.train(was_training)
+        training_seconds = begin - start - evaluation_seconds if step else 0.0
+        history.log(step, seconds=training_seconds, **metrics)
+        evaluation_seconds += time.perf_counter() - begin
 
+    start = time.perf_counter()
     run_evaluation(0)
     model.train()
     batches = minibatches(data, batch_size, generator)
     bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else None,
                disable=not progress, leave=False, mininterval=1.0)
-    start = time.perf_counter()
+    start, evaluation_seconds = time.perf_counter(), 0.0
     for step in bar:
         loss = loss_fn(model, next(batches))
         if not math.isfinite(loss.item()):
@@ -131,10 +138,31 @@ def fit(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     history.steps = step
-    history.seconds = time.perf_counter() - start
+    history.seconds = time.perf_counter() - start - evaluation_seconds
     if not history.diverged:
         run_evaluation(steps)
     return history
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0,
+                  final_fraction: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly over ``warmup`` steps, then following a half cosine from
+    the optimizer's learning rate down to ``final_fraction`` of it at step ``steps``.
+    Pass it to :func:`fit` as ``scheduler``."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    if not isinstance(warmup, int) or not 0 <= warmup < steps:
+        raise ValueError(f"warmup: expected an int in [0, {steps - 1}], got {warmup!r}")
+    if not 0 <= final_fraction <= 1:
+        raise ValueError(f"final_fraction: expected a number in [0, 1], got {final_fraction!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:

@@ -2,6 +2,7 @@
 
 from normlib.models.gpt import GPT
 from normlib.models.mlp import MLP
+from normlib.models.ngpt import NGPT
 from normlib.models.rnn import CharLSTM
 
-__all__ = ["MLP", "CharLSTM", "GPT"]
+__all__ = ["MLP", "CharLSTM", "GPT", "NGPT"]

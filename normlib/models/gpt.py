@@ -1,5 +1,6 @@
 """A small pre-norm GPT (decoder-only transformer) whose normalization layer is a parameter,
-in the spirit of nanoGPT's single readable file."""
+in the spirit of nanoGPT's single readable file. The attention and the rotary position
+encoding are shared with :mod:`normlib.models.ngpt`."""
 
 from __future__ import annotations
 
@@ -12,29 +13,56 @@ from torch import nn
 from normlib.nn import LayerNorm
 
 
+def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position encoding (RoPE) of queries or keys ``(N, heads, T, d)``: the feature pairs
+    ``(i, i + d/2)`` of position ``t`` are rotated by the angle ``t * base**(-2i/d)``, so that
+    ``q_t . k_s`` depends on the offset ``t - s``. A rotation keeps every vector's norm."""
+    t, d = x.shape[-2], x.shape[-1]
+    if d % 2:
+        raise ValueError(f"x: expected an even head dimension for rotary positions, got {d}")
+    dtype = torch.promote_types(x.dtype, torch.float32)  # angles in fp32 at least: t * f needs the digits
+    frequencies = base ** (-torch.arange(0, d, 2, device=x.device, dtype=dtype) / d)
+    angles = torch.arange(t, device=x.device, dtype=dtype)[:, None] * frequencies
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    """Multi-head causal self-attention with one fused query/key/value projection."""
+
+    def __init__(self, width: int, heads: int, rotary_positions: bool = False):
         super().__init__()
         if width % heads != 0:
             raise ValueError(f"heads: expected a divisor of width={width}, got {heads}")
-        self.heads = heads
+        self.heads, self.rotary_positions = heads, rotary_positions
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(N, T, width)`` -> three ``(N, heads, T, width / heads)`` tensors."""
         n, t, d = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(n, t, d))
+        if self.rotary_positions:
+            q, k = rotary(q), rotary(k)
+        return q, k, v
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        n, h, t, d = y.shape
+        return self.out(y.transpose(1, 2).reshape(n, t, h * d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.queries_keys_values(x)
+        return self.merge_heads(TF.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
 class Block(nn.Module):
     """``x + attention(norm(x))``, then ``x + mlp(norm(x))``: the pre-norm residual block."""
 
-    def __init__(self, width: int, heads: int, norm: Callable[[int], nn.Module]):
+    def __init__(self, width: int, heads: int, norm: Callable[[int], nn.Module], rotary_positions: bool = False):
         super().__init__()
         self.norm_attention, self.norm_mlp = norm(width), norm(width)
-        self.attention = CausalSelfAttention(width, heads)
+        self.attention = CausalSelfAttention(width, heads, rotary_positions)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
                                  nn.Linear(4 * width, width, bias=False))
 
@@ -44,17 +72,22 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token and position embeddings, ``depth`` pre-norm blocks, a final norm and a linear
-    read-out. ``norm(width)`` builds every normalization layer (LayerNorm by default).
-    Used in ``chapters/04_rms_norm.ipynb``."""
+    """Token embeddings, ``depth`` pre-norm blocks, a final norm and a linear read-out.
+    ``norm(width)`` builds every normalization layer (LayerNorm by default). Positions are
+    learned embeddings added to the tokens (``positions="learned"``) or rotary encodings of
+    the queries and keys (``positions="rotary"``, as in nGPT's baseline).
+    Used in ``chapters/04_rms_norm.ipynb`` and ``chapters/09_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
-                 norm: Callable[[int], nn.Module] = LayerNorm):
+                 norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned"):
         super().__init__()
+        if positions not in ("learned", "rotary"):
+            raise ValueError(f"positions: expected 'learned' or 'rotary', got {positions!r}")
         self.context = context
         self.token = nn.Embedding(vocab_size, width)
-        self.position = nn.Embedding(context, width)
-        self.blocks = nn.ModuleList(Block(width, heads, norm) for _ in range(depth))
+        if positions == "learned":
+            self.position = nn.Embedding(context, width)
+        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary") for _ in range(depth))
         self.norm = norm(width)
         self.head = nn.Linear(width, vocab_size, bias=False)
         self.apply(self._init)
@@ -65,9 +98,17 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.shape[1] > self.context:
-            raise ValueError(f"ids: expected at most {self.context} positions, got {ids.shape[1]}")
-        x = self.token(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))
+        check_context(ids, self.context)
+        x = self.token(ids)
+        if hasattr(self, "position"):
+            x = x + self.position(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+
+def check_context(ids: torch.Tensor, context: int) -> None:
+    if ids.dim() != 2 or ids.dtype != torch.long:
+        raise ValueError(f"ids: expected a (N, T) tensor of int64 token ids, got shape {tuple(ids.shape)} and {ids.dtype}")
+    if ids.shape[1] > context:
+        raise ValueError(f"ids: expected at most {context} positions, got {ids.shape[1]}")

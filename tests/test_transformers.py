@@ -1,0 +1,147 @@
+"""The two transformers of the nGPT chapter: the pre-norm GPT with rotary positions and nGPT,
+whose invariants (unit-norm matrices, unit-norm hidden states, positive eigen learning rates)
+are checked through training."""
+
+import math
+
+import pytest
+import torch
+
+from normlib.data import language_model_windows
+from normlib.models import GPT, NGPT
+from normlib.models.gpt import rotary
+from normlib.train import fit, next_token_loss, seed_everything, warmup_cosine
+
+VOCAB, CONTEXT, WIDTH = 11, 12, 16
+
+
+def toy_task(n=400):
+    """A periodic sequence with noise: learnable in a few dozen steps."""
+    g = torch.Generator().manual_seed(0)
+    ids = (torch.arange(n) * 3 % VOCAB + (torch.rand(n, generator=g) < 0.1).long()) % VOCAB
+    return language_model_windows(ids, CONTEXT)
+
+
+def max_norm_error(model: NGPT) -> float:
+    return max((torch.linalg.vector_norm(w, dim=d) - 1).abs().max().item() for w, d in model.normalized_matrices())
+
+
+def test_rotary_keeps_norms_and_depends_on_offsets_only():
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(rotary(x).norm(dim=-1), x.norm(dim=-1))
+    q = torch.randn(8, dtype=torch.float64).expand(1, 1, 9, 8)  # the same vector at every position
+    k = torch.randn(8, dtype=torch.float64).expand(1, 1, 9, 8)
+    scores = rotary(q)[0, 0] @ rotary(k)[0, 0].T
+    for offset in range(-3, 4):  # each diagonal (fixed t - s) is constant
+        diagonal = torch.diagonal(scores, offset)
+        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal))
+    assert not torch.allclose(torch.diagonal(scores, 0)[0], torch.diagonal(scores, 2)[0])
+    with pytest.raises(ValueError, match="even head dimension"):
+        rotary(torch.randn(1, 1, 4, 5))
+
+
+def test_gpt_with_rotary_positions_has_no_position_table_and_stays_causal():
+    gpt = GPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2, positions="rotary").eval()
+    assert not any("position" in name for name in gpt.state_dict())
+    ids = torch.randint(0, VOCAB, (3, CONTEXT))
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % VOCAB
+    torch.testing.assert_close(gpt(ids)[:, :6], gpt(changed)[:, :6])
+    with pytest.raises(ValueError, match="positions: expected 'learned' or 'rotary'"):
+        GPT(VOCAB, CONTEXT, positions="sinusoidal")
+    with pytest.raises(ValueError, match="ids: expected a \\(N, T\\) tensor of int64"):
+        gpt(torch.zeros(2, 3))
+
+
+def test_ngpt_normalizes_every_matrix_along_the_embedding_dimension():
+    model = NGPT(VOCAB, CONTEXT, WIDTH, depth=2, heads=2)
+    listed = {id(w) for w, _ in model.normalized_matrices()}
+    matrices = [name for name, p in model.named_parameters() if p.dim() == 2]
+    assert all(id(model.get_parameter(name)) in listed for name in matrices), "a matrix escapes normalization"
+    assert len(listed) == len(matrices) == 2 + 5 * 2
+    for weight, dim in model.normalized_matrices():
+        assert weight.shape[dim] == WIDTH
+    assert max_norm_error(model) < 1e-6
+    # every vector is 1-D and nothing else is normalized: no norm layers, no biases
+    assert all(p.dim() in (1, 2) for p in model.parameters())
+    assert not any("bias" in name or "norm" in name for name, _ in model.named_parameters())
+
+
+def test_ngpt_invariants_hold_through_training():
+    seed_everything(0)
+    model = NGPT(VOCAB, CONTEXT, WIDTH, depth=2, heads=2)
+    torch.testing.assert_close(model.eigen_learning_rates(), torch.full((2, 2, WIDTH), 0.05))
+    errors_before, errors_after = [], []
+
+    def after_step(m, step):
+        errors_before.append(max_norm_error(m))   # Adam has moved the rows off the sphere...
+        m.normalize_matrices()
+        errors_after.append(max_norm_error(m))    # ...and the projection puts them back
+
+    inputs, targets = toy_task()
+    history = fit(model, (inputs, targets), loss_fn=next_token_loss, steps=60, batch_size=8,
+                  optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), generator=torch.Generator().manual_seed(0),
+                  after_step=after_step, progress=False,
+                  evaluate=lambda m: {"val": next_token_loss(m, (inputs, targets)).item()}, eval_every=20)
+    assert min(errors_before) > 1e-4 and max(errors_after) < 1e-5
+    assert history.values("val")[-1] < 0.7 * history.values("val")[0]   # it learned something
+    states = model.hidden_states(inputs)
+    for h in states:
+        torch.testing.assert_close(h.norm(dim=-1), torch.ones(h.shape[:2]))
+    alphas = model.eigen_learning_rates()
+    assert (alphas > 0).all() and not torch.allclose(alphas, torch.full_like(alphas, 0.05))
+    # logits are scaled cosines: |z_v| <= |s_z,v|
+    assert (model(inputs).abs() <= model.s_z().abs() * (1 + 1e-5)).all()
+
+
+def test_ngpt_attention_uses_cosine_similarities_and_sqrt_d_temperature():
+    model = NGPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2).double()
+    attention = model.blocks[0].attention
+    h = model.hidden_states(torch.randint(0, VOCAB, (2, CONTEXT)))[0].double()
+    q, k, v = attention.queries_keys_values(h)
+    s = attention.s_qk().view(2, 1, -1)
+    q, k = q / q.norm(dim=-1, keepdim=True) * s, k / k.norm(dim=-1, keepdim=True) * s
+    scores = q @ k.transpose(-1, -2) * math.sqrt(WIDTH // 2)
+    scores = scores.masked_fill(torch.ones(CONTEXT, CONTEXT, dtype=torch.bool).triu(1), float("-inf"))
+    expected = attention.merge_heads(scores.softmax(-1) @ v)
+    torch.testing.assert_close(attention(h), expected)
+
+
+def test_ngpt_and_gpt_have_about_the_same_size():
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    ngpt, gpt = NGPT(65, 64, 64, depth=4, heads=4), GPT(65, 64, 64, depth=4, heads=4, positions="rotary")
+    assert abs(count(ngpt) / count(gpt) - 1) < 0.05
+
+
+def test_warmup_cosine_schedule():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    schedule = warmup_cosine(optimizer, steps=100, warmup=10, final_fraction=0.1)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.2) and rates[9] == pytest.approx(2.0)
+    assert rates[10] == pytest.approx(2.0) and rates[-1] == pytest.approx(0.2, abs=0.01)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    for bad, match in [(dict(steps=0), "steps"), (dict(steps=10, warmup=10), "warmup"),
+                       (dict(steps=10, final_fraction=2), "final_fraction")]:
+        with pytest.raises(ValueError, match=match):
+            warmup_cosine(optimizer, **bad)
+
+
+def test_fit_records_training_time_without_evaluations():
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+
+    def slow_evaluate(m):
+        import time
+        time.sleep(0.05)
+        return {"mse": torch.nn.functional.mse_loss(m(x), y).item()}
+
+    history = fit(model, (x, y), loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]),
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps=20, batch_size=8,
+                  generator=torch.Generator().manual_seed(0), evaluate=slow_evaluate, eval_every=5, progress=False)
+    seconds = history.values("seconds")
+    assert seconds[0] == 0 and all(a <= b for a, b in zip(seconds, seconds[1:]))
+    assert seconds[-1] == pytest.approx(history.seconds, abs=1e-3) and history.seconds < 0.15
