@@ -68,6 +68,11 @@ class History:
     def last(self, key: str) -> float:
         return self.records[key][-1][1]
 
+    def first_step_at_most(self, key: str, threshold: float) -> int | None:
+        """The first recorded step at which ``key`` is at most ``threshold`` (``None`` if never):
+        how many steps a run needs to reach a target loss, at the resolution of its records."""
+        return next((step for step, value in self.records[key] if value <= threshold), None)
+
 
 def fit(
     model: nn.Module,

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import normlib.functional as F
 from normlib.data import language_model_windows
 from normlib.models import GPT, NGPT
 from normlib.models.gpt import rotary
@@ -47,6 +48,8 @@ def test_gpt_with_rotary_positions_has_no_position_table_and_stays_causal():
     changed = ids.clone()
     changed[:, 6:] = (changed[:, 6:] + 1) % VOCAB
     torch.testing.assert_close(gpt(ids)[:, :6], gpt(changed)[:, :6])
+    states = gpt.hidden_states(ids)
+    assert len(states) == 2 and torch.equal(gpt.head(gpt.norm(states[-1])), gpt(ids))
     with pytest.raises(ValueError, match="positions: expected 'learned' or 'rotary'"):
         GPT(VOCAB, CONTEXT, positions="sinusoidal")
     with pytest.raises(ValueError, match="ids: expected a \\(N, T\\) tensor of int64"):
@@ -92,6 +95,22 @@ def test_ngpt_invariants_hold_through_training():
     assert (alphas > 0).all() and not torch.allclose(alphas, torch.full_like(alphas, 0.05))
     # logits are scaled cosines: |z_v| <= |s_z,v|
     assert (model(inputs).abs() <= model.s_z().abs() * (1 + 1e-5)).all()
+
+
+def test_ngpt_eigen_learning_rates_are_positive_step_sizes():
+    model = NGPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2)
+    block, h = model.blocks[0], model.hidden_states(torch.randint(0, VOCAB, (2, CONTEXT)))[0]
+    before = block(h)
+    with torch.no_grad():
+        block.alpha_attention.param.neg_()       # a sign flip of the learned vector...
+        block.alpha_mlp.param[:3].neg_()
+    torch.testing.assert_close(block(h), before)  # ...does not turn a step into a step away
+    assert (model.eigen_learning_rates() > 0).all()
+    with torch.no_grad():
+        block.alpha_attention.param.zero_()       # alpha = 0 skips the attention step
+    h_mlp_only = block.mlp(h)
+    expected = F.l2_normalize(h + block.alpha_mlp().abs() * (F.l2_normalize(h_mlp_only) - h))
+    torch.testing.assert_close(block(h), expected)
 
 
 def test_ngpt_attention_uses_cosine_similarities_and_sqrt_d_temperature():
@@ -145,3 +164,7 @@ def test_fit_records_training_time_without_evaluations():
     seconds = history.values("seconds")
     assert seconds[0] == 0 and all(a <= b for a, b in zip(seconds, seconds[1:]))
     assert seconds[-1] == pytest.approx(history.seconds, abs=1e-3) and history.seconds < 0.15
+    mse = history.values("mse")
+    assert history.first_step_at_most("mse", mse[0]) == 0
+    assert history.first_step_at_most("mse", mse.min()) == history.steps_of("mse")[mse.argmin()]
+    assert history.first_step_at_most("mse", mse.min() - 1) is None

@@ -97,14 +97,19 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """The residual stream after the embedding and after each block, ``(N, T, width)`` each."""
         check_context(ids, self.context)
         x = self.token(ids)
         if hasattr(self, "position"):
             x = x + self.position(torch.arange(ids.shape[1], device=ids.device))
+        states = [x]
         for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+            states.append(block(states[-1]))
+        return states
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.hidden_states(ids)[-1]))
 
 
 def check_context(ids: torch.Tensor, context: int) -> None:

@@ -77,7 +77,8 @@ class NormalizedMLP(nn.Module):
 class NormalizedBlock(nn.Module):
     """``h <- Norm(h + alpha_A (Norm(attention(h)) - h))``, then the same with the MLP: a step
     from ``h`` towards each sub-layer's suggestion on the sphere, with per-dimension learnable
-    step sizes (the eigen learning rates ``alpha``)."""
+    step sizes (the eigen learning rates ``alpha``). As in the authors' code, the step sizes are
+    the absolute values of the learned vectors, so a step never points away from the suggestion."""
 
     def __init__(self, width: int, heads: int, hidden: int, alpha_init: float):
         super().__init__()
@@ -87,8 +88,8 @@ class NormalizedBlock(nn.Module):
         self.alpha_mlp = Scale(width, alpha_init, 1 / math.sqrt(width))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = l2_normalize(h + self.alpha_attention() * (l2_normalize(self.attention(h)) - h))
-        return l2_normalize(h + self.alpha_mlp() * (l2_normalize(self.mlp(h)) - h))
+        h = l2_normalize(h + self.alpha_attention().abs() * (l2_normalize(self.attention(h)) - h))
+        return l2_normalize(h + self.alpha_mlp().abs() * (l2_normalize(self.mlp(h)) - h))
 
 
 class NGPT(nn.Module):
@@ -133,8 +134,8 @@ class NGPT(nn.Module):
             weight.copy_(l2_normalize(weight, dim=dim))
 
     def eigen_learning_rates(self) -> torch.Tensor:
-        """The effective ``alpha`` of every block, ``(depth, 2, width)``: attention, then MLP."""
-        return torch.stack([torch.stack([b.alpha_attention(), b.alpha_mlp()]) for b in self.blocks]).detach()
+        """The step sizes ``|alpha|`` of every block, ``(depth, 2, width)``: attention, then MLP."""
+        return torch.stack([torch.stack([b.alpha_attention(), b.alpha_mlp()]) for b in self.blocks]).abs().detach()
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """The hidden state after the embedding and after each block, ``(N, T, width)`` each."""
