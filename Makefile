@@ -2,6 +2,8 @@
 #   make book        build the website into _build/html (executes chapters at SCALE="ci")
 #   make test        unit tests, nbval, papermill with another seed, website build + Chromium check
 #   make reproduce   papermill at SCALE=full into results/ (for a GPU machine)
+#   make distributed CHAPTER=02_batch_norm NPROC=4
+#                    one chapter under torchrun on NPROC processes (GPUs with NCCL, else CPU with gloo)
 #   make lab         open the notebooks in JupyterLab
 #   make clean       remove build outputs (keeps .venv)
 
@@ -11,8 +13,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.normbook-installed
 SCALE  ?= full
 SEED   ?= 0
+NPROC  ?= 2
 
-.PHONY: book test reproduce lab bench clean browser
+.PHONY: book test reproduce distributed lab bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +40,15 @@ reproduce: $(STAMP)
 	for nb in chapters/[0-9]*.ipynb; do \
 	  $(VENV)/bin/papermill "$$nb" "results/$$(basename $$nb)" -p SCALE $(SCALE) -p SEED $(SEED) || exit 1; \
 	done
+
+# Each process runs the notebook in its own kernel, which inherits torchrun's environment, so
+# normlib.train.fit joins the process group; only rank 0 keeps its executed notebook.
+distributed: $(STAMP)
+	test -n "$(CHAPTER)" || { echo "usage: make distributed CHAPTER=02_batch_norm NPROC=2 [SCALE=full]"; exit 2; }
+	mkdir -p results
+	$(VENV)/bin/torchrun --nproc_per_node $(NPROC) --local-ranks-filter 0 --no-python bash -c \
+	  'out=/dev/null; [ "$$RANK" = 0 ] && out=results/$(CHAPTER)-$(NPROC)proc.ipynb; \
+	   exec $(VENV)/bin/papermill chapters/$(CHAPTER).ipynb $$out -p SCALE $(SCALE) -p SEED $(SEED) --log-output'
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab chapters/

@@ -11,10 +11,12 @@ from torch import nn
 
 from normlib import _checks as C
 from normlib import functional as F
+from normlib.distributed import sync_batch_norm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
+    "SyncBatchNorm",
     "LayerNorm",
     "RMSNorm",
     "GroupNorm",
@@ -136,6 +138,59 @@ class BatchNorm2d(_BatchNorm):
     :class:`torch.nn.BatchNorm2d`. Derived in ``chapters/02_batch_norm.ipynb``."""
 
     _input_dims = (4,)
+
+
+class SyncBatchNorm(_PerChannelNorm):
+    """Batch normalization whose training statistics are those of the whole batch, split across
+    the processes of ``process_group`` (:func:`normlib.distributed.sync_batch_norm`): in a run
+    of K processes it computes what :class:`BatchNorm2d` computes on the K slices put together.
+    Without an initialized process group, and in eval mode, it is batch normalization.
+    Same constructor, ``state_dict`` keys and running statistics as :class:`torch.nn.SyncBatchNorm`.
+    Derived in ``chapters/02_batch_norm.ipynb``."""
+
+    _input_dims = (2, 3, 4, 5)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        self.process_group = process_group
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"input: expected {self.num_features} channels in dim 1, got shape {tuple(input.shape)}")
+        factor = self._averaging_factor()
+        if not self.training and self.running_mean is not None:
+            return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, factor, self.eps)
+        if not self.training:  # no running statistics: the batch's own, as torch does (not synchronized)
+            return F.batch_norm(input, None, None, self.weight, self.bias, True, factor, self.eps)
+        keep = self.track_running_stats
+        return sync_batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
+                               self.weight, self.bias, factor, self.eps, self.process_group)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """Replace every BatchNorm layer of ``module`` (normlib's or ``torch.nn``'s, 1d, 2d or 3d)
+        by a :class:`SyncBatchNorm` that shares its parameters and buffers; returns the module
+        (a new one if ``module`` itself is a BatchNorm layer). Ghost-batch layers are left as
+        they are: their statistics are those of small ghost batches by design."""
+        if cls.is_synchronizable(module):
+            sync = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                       process_group, bias=module.bias is not None)
+            sync.weight, sync.bias = module.weight, module.bias
+            sync.running_mean, sync.running_var = module.running_mean, module.running_var
+            sync.num_batches_tracked = module.num_batches_tracked
+            sync.train(module.training)
+            return sync
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return module
+
+    @classmethod
+    def is_synchronizable(cls, module: nn.Module) -> bool:
+        """Whether :meth:`convert_sync_batchnorm` replaces ``module``."""
+        return (isinstance(module, (_BatchNorm, nn.modules.batchnorm._BatchNorm)) and not isinstance(module, cls)
+                and not getattr(module, "ghost_batch_size", None))
 
 
 class _InstanceNorm(_PerChannelNorm):

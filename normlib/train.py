@@ -8,6 +8,7 @@ evaluates it every ``eval_every`` steps, shows a progress bar, and returns a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+from normlib import distributed
 
 __all__ = ["seed_everything", "minibatches", "History", "fit", "warmup_cosine", "accuracy", "next_token_loss"]
 
@@ -29,17 +32,25 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def minibatches(tensors: Sequence[torch.Tensor], batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
-    """Endless shuffled mini-batches (each epoch a new permutation, incomplete batches dropped)."""
+def minibatches(tensors: Sequence[torch.Tensor], batch_size: int, generator: torch.Generator,
+                rank: int = 0, world: int = 1) -> Iterator[tuple]:
+    """Endless shuffled mini-batches (each epoch a new permutation, incomplete batches dropped).
+
+    With ``world`` processes, each mini-batch of ``batch_size`` examples is split between them
+    the way ``torch.utils.data.DistributedSampler`` splits a dataset (process ``rank`` takes every
+    ``world``-th example, starting at ``rank``), so the processes together see exactly the batches
+    of a single-process run with the same generator."""
     n = len(tensors[0])
     if any(len(t) != n for t in tensors):
         raise ValueError(f"tensors: expected the same length, got {[len(t) for t in tensors]}")
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size: expected an int in [1, {n}], got {batch_size}")
+    if batch_size % world:
+        raise ValueError(f"batch_size: expected a multiple of the number of processes ({world}), got {batch_size}")
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start:start + batch_size][rank::world]
             yield tuple(t[index] for t in tensors)
 
 
@@ -89,16 +100,55 @@ def fit(
     scheduler=None,
     progress: bool | str = True,
     log_every: int = 1,
+    sync_batch_norm: bool = True,
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps.
 
     ``loss_fn(model, batch)`` returns the scalar loss of a mini-batch. ``evaluate(model)``
     (called in eval mode under ``torch.no_grad``, at step 0, every ``eval_every`` steps and
-    at the end) returns metrics to record. ``after_step(model, step)`` runs after each
+    at the end) returns metrics to record; each evaluation also records ``seconds``, the
+    training time so far (evaluations excluded). ``after_step(model, step)`` runs after each
     optimizer step (nGPT re-normalizes its weights there).
+
+    Under ``torchrun --nproc_per_node K`` the same call trains data-parallel: the model is
+    wrapped in ``DistributedDataParallel``, each process takes ``batch_size / K`` examples of
+    every mini-batch, its BatchNorm layers become :class:`normlib.nn.SyncBatchNorm` (unless
+    ``sync_batch_norm=False``, which keeps per-process statistics), the logged loss is averaged
+    over processes, evaluation runs on rank 0 and is shared, and only rank 0 shows progress.
+    Every process returns the same history.
     """
+    if distributed.init_from_environment():
+        with _synchronized_batch_norm(model, sync_batch_norm):
+            return _fit(torch.nn.parallel.DistributedDataParallel(model), model, data, loss_fn, optimizer, steps,
+                        batch_size, generator, evaluate, eval_every, after_step, scheduler, progress, log_every)
+    return _fit(model, model, data, loss_fn, optimizer, steps, batch_size, generator, evaluate, eval_every,
+                after_step, scheduler, progress, log_every)
+
+
+@contextlib.contextmanager
+def _synchronized_batch_norm(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Swap the BatchNorm layers of ``module`` for SyncBatchNorm layers sharing their parameters
+    and buffers, and put the originals back afterwards (the caller's model keeps its classes)."""
+    from normlib.nn import SyncBatchNorm
+
+    swapped = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+               if enabled and SyncBatchNorm.is_synchronizable(child)]
+    for parent, name, child in swapped:
+        parent.add_module(name, SyncBatchNorm.convert_sync_batchnorm(child))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            parent.add_module(name, child)
+
+
+def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, evaluate, eval_every, after_step,
+         scheduler, progress, log_every) -> History:
+    """:func:`fit` proper: ``model`` is what the loss is computed with (the DDP wrapper in a
+    distributed run), ``module`` the user's model."""
     from tqdm import tqdm  # a text bar: no widget dependency, works in a terminal and in Jupyter
 
+    rank, world = distributed.rank(), distributed.world_size()
     history = History()
     evaluation_seconds = 0.0
 
@@ -107,11 +157,11 @@ def fit(
         if evaluate is None:
             return
         begin = time.perf_counter()
-        was_training = model.training
-        model.eval()
+        was_training = module.training
+        module.eval()
         with torch.no_grad():
-            metrics = evaluate(model)
-        model.train(was_training)
+            metrics = distributed.broadcast_from_rank_0(evaluate(module) if rank == 0 else None)
+        module.train(was_training)
         training_seconds = begin - start - evaluation_seconds if step else 0.0
         history.log(step, seconds=training_seconds, **metrics)
         evaluation_seconds += time.perf_counter() - begin
@@ -119,13 +169,14 @@ def fit(
     start = time.perf_counter()
     run_evaluation(0)
     model.train()
-    batches = minibatches(data, batch_size, generator)
+    batches = minibatches(data, batch_size, generator, rank, world)
     bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else None,
-               disable=not progress, leave=False, mininterval=1.0)
+               disable=not progress or rank != 0, leave=False, mininterval=1.0)
     start, evaluation_seconds = time.perf_counter(), 0.0
     for step in bar:
         loss = loss_fn(model, next(batches))
-        if not math.isfinite(loss.item()):
+        loss_value = distributed.all_reduce_mean(loss.item())  # every process stops together
+        if not math.isfinite(loss_value):
             history.diverged = True
             history.log(step, loss=float("inf"))
             break
@@ -135,13 +186,13 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         if after_step is not None:
-            after_step(model, step)
+            after_step(module, step)
         if step % log_every == 0:
-            history.log(step, loss=loss.item())
+            history.log(step, loss=loss_value)
         if eval_every and step % eval_every == 0 and step != steps:
             run_evaluation(step)
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
     history.steps = step
     history.seconds = time.perf_counter() - start - evaluation_seconds
     if not history.diverged:
