@@ -176,6 +176,10 @@ def _free_port() -> int:
 
 
 def _spawned(local_rank: int, fn: Callable, world: int, port: int, timeout: float, results: str, args: tuple) -> None:
+    # A new group of its own, even when the parent runs under torchrun: forget torchrun's
+    # settings (its agent store would otherwise be asked to host this group's rendezvous).
+    for name in ("TORCHELASTIC_USE_AGENT_STORE", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=local_rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout))
     torch.set_num_threads(1)
