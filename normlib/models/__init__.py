@@ -4,5 +4,6 @@ from normlib.models.gpt import GPT
 from normlib.models.mlp import MLP
 from normlib.models.ngpt import NGPT
 from normlib.models.rnn import CharLSTM
+from normlib.models.style import RandomEncoder, VGG19Encoder
 
-__all__ = ["MLP", "CharLSTM", "GPT", "NGPT"]
+__all__ = ["MLP", "CharLSTM", "GPT", "NGPT", "VGG19Encoder", "RandomEncoder"]

@@ -1,0 +1,118 @@
+"""The encoders and perceptual losses shared by the instance-norm and AdaIN chapters."""
+
+import math
+
+import pytest
+import torch
+
+from normlib.models.style import RandomEncoder, VGG19Encoder, channel_statistics, content_loss, style_loss
+
+TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+WIDTHS = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
+
+
+def torchvision_like_vgg19_state_dict(seed=0):
+    """What ``torchvision.models.vgg19().state_dict()`` holds (features and classifier), random values."""
+    g = torch.Generator().manual_seed(seed)
+    state, in_channels = {}, 3
+    for index, width in zip(TORCHVISION_VGG19_CONVS, WIDTHS):
+        state[f"features.{index}.weight"] = torch.randn(width, in_channels, 3, 3, generator=g) * 0.05
+        state[f"features.{index}.bias"] = torch.randn(width, generator=g) * 0.01
+        in_channels = width
+    for index in (0, 3, 6):  # the classifier (smaller than the real one here): ignored by the encoder
+        state[f"classifier.{index}.weight"], state[f"classifier.{index}.bias"] = torch.zeros(10, 10), torch.zeros(10)
+    return state
+
+
+def test_vgg19_encoder_has_torchvision_layer_indices_and_taps():
+    encoder = VGG19Encoder()
+    convs = sorted({int(key.split(".")[1]) for key in encoder.state_dict()})
+    assert convs == TORCHVISION_VGG19_CONVS[:9]          # up to relu4_1 = features[20]
+    assert encoder.taps == [1, 6, 11, 20] and encoder.channels == [64, 128, 256, 512]
+    features = encoder(torch.rand(2, 3, 32, 32))
+    assert [tuple(f.shape) for f in features] == [(2, 64, 32, 32), (2, 128, 16, 16), (2, 256, 8, 8), (2, 512, 4, 4)]
+
+
+def test_vgg19_encoder_loads_torchvision_weights_from_a_file(tmp_path):
+    state = torchvision_like_vgg19_state_dict()
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    encoder = VGG19Encoder().load_torchvision_weights(path)
+    torch.testing.assert_close(encoder.features[19].weight, state["features.19.weight"])
+    # the same computation as the plain layer stack with those weights
+    x = torch.rand(1, 3, 16, 16)
+    h = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = torch.relu(torch.nn.functional.conv2d(h, state["features.0.weight"], state["features.0.bias"], padding=1))
+    torch.testing.assert_close(encoder(x)[0], h)
+    broken = dict(state)
+    del broken["features.7.weight"]
+    with pytest.raises(ValueError, match="missing 1 of them"):
+        VGG19Encoder().load_torchvision_weights(broken)
+    broken = dict(state, **{"features.2.weight": torch.zeros(64, 32, 3, 3)})
+    with pytest.raises(ValueError, match=r"features.2.weight of shape \(64, 64, 3, 3\)"):
+        VGG19Encoder().load_torchvision_weights(broken)
+
+
+def test_encoders_are_frozen_but_pass_gradients_to_the_image():
+    for encoder in (VGG19Encoder(), RandomEncoder()):
+        assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+        image = torch.rand(1, 3, 16, 16, requires_grad=True)
+        style_loss(encoder(image), encoder(torch.rand(1, 3, 16, 16))).backward()
+        assert image.grad is not None and image.grad.abs().sum() > 0
+    for bad, match in [(torch.rand(1, 1, 16, 16), r"\(N, 3, H, W\) RGB batch"), (torch.rand(1, 3, 4, 16), "at least 8"),
+                       (torch.rand(3, 16, 16), "at least 4 dimensions|expected an \\(N, 3, H, W\\)")]:
+        with pytest.raises(ValueError, match=match):
+            RandomEncoder()(bad)
+
+
+def test_random_encoder_is_seeded_and_keeps_activations_at_scale():
+    a, b, c = RandomEncoder(seed=0), RandomEncoder(seed=0), RandomEncoder(seed=1)
+    assert torch.equal(a.features[0].weight, b.features[0].weight)
+    assert not torch.equal(a.features[0].weight, c.features[0].weight)
+    assert a.channels == [16, 32, 64, 128] and RandomEncoder(width=32).channels == [32, 64, 128, 256]
+    rms = [f.square().mean().sqrt().item() for f in a(torch.rand(4, 3, 64, 64))]
+    assert all(0.1 < r < 10 for r in rms), rms  # He initialization: no vanishing or exploding features
+
+
+def texture(kind, size=96, seed=0):
+    """Synthetic RGB textures: oriented stripes, a checkerboard and blotchy colour noise."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    if kind == "stripes":
+        base = 0.5 + 0.5 * torch.sin(2 * math.pi * (x + 0.3 * y) / 9)
+        image = torch.stack([base, 0.3 * base + 0.2, 1 - base])
+    elif kind == "checks":
+        base = (((x // 6) + (y // 6)) % 2).float()
+        image = torch.stack([0.8 * base + 0.1, 0.5 * torch.ones_like(base), 0.2 + 0.6 * (1 - base)])
+    else:
+        blotches = torch.nn.functional.interpolate(torch.rand(1, 3, size // 8, size // 8, generator=g), size=size, mode="bilinear")[0]
+        image = blotches
+    return (image + 0.05 * torch.randn(image.shape, generator=g)).clamp(0, 1)
+
+
+def test_random_encoder_style_loss_tells_textures_apart():
+    """Two crops of the same texture (different positions, different noise) must be closer in
+    style loss than any crops of two different textures, by a clear margin (2x), for any filters."""
+    crops = {kind: [texture(kind, seed=s)[:, 10 * s:10 * s + 64, 5 * s:5 * s + 64] for s in (1, 2)] for kind in ("stripes", "checks", "noise")}
+    for seed in range(3):
+        encoder = RandomEncoder(seed=seed)
+        features = {kind: [encoder(crop[None]) for crop in pair] for kind, pair in crops.items()}
+        same = max(style_loss(a, b).item() for a, b in features.values())
+        different = min(style_loss(features[k][0], features[j][1]).item() for k in features for j in features if k != j)
+        assert different > 2 * same, (seed, same, different)
+
+
+def test_statistics_and_losses():
+    f = torch.randn(2, 5, 7, 3) * 2 + 1
+    mean, std = channel_statistics(f, eps=1e-30)
+    torch.testing.assert_close(mean, f.mean((2, 3)))
+    torch.testing.assert_close(std, f.std((2, 3), correction=0))
+    maps = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)]
+    assert style_loss(maps, maps).item() == 0 and content_loss(maps, maps).item() == 0
+    shifted = [m * 3 + 1 for m in maps]
+    assert style_loss(maps, shifted) > 1 and content_loss(maps, shifted[-1]) > 1
+    assert style_loss(maps, [m[:1] for m in maps]) > 0   # one style image against a batch
+    with pytest.raises(ValueError, match="target: expected 2 feature maps"):
+        style_loss(maps, maps[:1])
+    with pytest.raises(ValueError, match="deepest features of shape"):
+        content_loss(maps, maps[0])
