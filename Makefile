@@ -46,7 +46,7 @@ reproduce: $(STAMP)
 distributed: $(STAMP)
 	test -n "$(CHAPTER)" || { echo "usage: make distributed CHAPTER=02_batch_norm NPROC=2 [SCALE=full]"; exit 2; }
 	mkdir -p results
-	$(VENV)/bin/torchrun --nproc_per_node $(NPROC) --local-ranks-filter 0 --no-python bash -c \
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) --local-ranks-filter 0 --no-python bash -c \
 	  'out=/dev/null; [ "$$RANK" = 0 ] && out=results/$(CHAPTER)-$(NPROC)proc.ipynb; \
 	   exec $(VENV)/bin/papermill chapters/$(CHAPTER).ipynb $$out -p SCALE $(SCALE) -p SEED $(SEED) --log-output'
 

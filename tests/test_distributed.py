@@ -155,3 +155,31 @@ def test_fit_under_a_process_group_reproduces_the_single_process_run():
             torch.testing.assert_close(run["state"][key], value, rtol=1e-4, atol=1e-5)
     per_device = spawn(train_mlp, 2, False)  # per-process BN statistics: ghost batches of 8, a different run
     assert not torch.allclose(torch.tensor(per_device[0]["loss"]), torch.tensor(single["loss"]), atol=1e-4)
+
+
+TORCHRUN_SCRIPT = '''
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_distributed import train_mlp
+from normlib import distributed
+run = train_mlp()            # the unchanged call: fit finds torchrun's environment itself
+if distributed.rank() == 0:
+    torch.save(run, {out!r})
+'''
+
+
+def test_fit_runs_unchanged_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "rank0.pt"
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run, single = torch.load(out, weights_only=False), train_mlp()
+    assert run["distributed"]
+    torch.testing.assert_close(torch.tensor(run["loss"]), torch.tensor(single["loss"]), rtol=1e-5, atol=1e-6)
