@@ -132,7 +132,7 @@ def _synchronized_batch_norm(module: nn.Module, enabled: bool) -> Iterator[None]
     from normlib.nn import SyncBatchNorm
 
     swapped = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-               if enabled and SyncBatchNorm.is_synchronizable(child)]
+               if SyncBatchNorm.is_synchronizable(child)] if enabled else []
     for parent, name, child in swapped:
         parent.add_module(name, SyncBatchNorm.convert_sync_batchnorm(child))
     try:
@@ -166,8 +166,7 @@ def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, 
         history.log(step, seconds=training_seconds, **metrics)
         evaluation_seconds += time.perf_counter() - begin
 
-    start = time.perf_counter()
-    run_evaluation(0)
+    run_evaluation(0)  # step 0 records 0 seconds; the clock starts below
     model.train()
     batches = minibatches(data, batch_size, generator, rank, world)
     bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else None,
