@@ -28,12 +28,14 @@ __all__ = ["init_from_environment", "is_distributed", "rank", "world_size", "mer
 
 def init_from_environment() -> bool:
     """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1),
-    with NCCL on GPUs and gloo otherwise, unless a group is already initialized. Returns whether
-    this is a distributed run."""
+    unless a group is already initialized: NCCL for CUDA tensors and gloo for CPU tensors on a GPU
+    machine (so a model left on the CPU still trains), gloo alone elsewhere. Returns whether this
+    is a distributed run."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = "gloo"
+        if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend)
     return is_distributed()
 
