@@ -169,6 +169,8 @@ if distributed.rank() == 0:
 
 
 def test_fit_runs_unchanged_under_torchrun(tmp_path):
+    import os
+    import signal
     import subprocess
     import sys
     from pathlib import Path
@@ -177,9 +179,14 @@ def test_fit_runs_unchanged_under_torchrun(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TORCHRUN_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
     torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    process = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and its workers: leave no process behind
+        raise
+    assert process.returncode == 0, stderr[-3000:]
     run, single = torch.load(out, weights_only=False), train_mlp()
     assert run["distributed"]
     torch.testing.assert_close(torch.tensor(run["loss"]), torch.tensor(single["loss"]), rtol=1e-5, atol=1e-6)
