@@ -241,17 +241,21 @@ def rms_norm(
 
     Derived in ``chapters/04_rms_norm.ipynb``.
     """
+    shape, eps = _rms_arguments(input, normalized_shape, weight, eps)
+    dims = tuple(range(-len(shape), 0))
+    xs = input.to(_stats_dtype(input))
+    y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
+    return _affine(y, weight, None).to(input.dtype)
+
+
+def _rms_arguments(input, normalized_shape, weight, eps) -> tuple[tuple[int, ...], float]:
+    """Check the arguments shared by the RMSNorm variants; ``eps=None`` becomes the dtype's machine epsilon."""
     C.check_tensor(input, "input")
     shape = C.normalized_shape_tuple(normalized_shape)
     C.check_trailing_shape(input, shape)
     C.check_param(weight, "weight", shape, input)
     C.check_eps(eps, allow_none=True)
-    if eps is None:
-        eps = torch.finfo(input.dtype).eps
-    dims = tuple(range(-len(shape), 0))
-    xs = input.to(_stats_dtype(input))
-    y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
-    return _affine(y, weight, None).to(input.dtype)
+    return shape, torch.finfo(input.dtype).eps if eps is None else eps
 
 
 def partial_rms_norm(
@@ -268,15 +272,9 @@ def partial_rms_norm(
 
     Derived in ``chapters/04_rms_norm.ipynb``.
     """
-    C.check_tensor(input, "input")
-    shape = C.normalized_shape_tuple(normalized_shape)
-    C.check_trailing_shape(input, shape)
-    C.check_param(weight, "weight", shape, input)
-    C.check_eps(eps, allow_none=True)
+    shape, eps = _rms_arguments(input, normalized_shape, weight, eps)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ValueError(f"p: expected a fraction in (0, 1], got {p!r}")
-    if eps is None:
-        eps = torch.finfo(input.dtype).eps
     n = math.prod(shape)
     k = max(1, math.ceil(p * n))
     xs = input.to(_stats_dtype(input))
