@@ -119,11 +119,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         shape = [1, -1] + [1] * (x.dim() - 2)
         invstd = torch.rsqrt(m2 / total + eps)
         x_hat = (xs - mean.view(shape)) * invstd.view(shape)
-        y = x_hat
-        if weight is not None:
-            y = y * weight.to(sd).view(shape)
-        if bias is not None:
-            y = y + bias.to(sd).view(shape)
+        y = F._affine(x_hat, weight, bias, lambda p: p.view(shape))
         statistics_out.extend([mean, m2 / (total - 1), total])
         ctx.save_for_backward(x_hat, invstd, weight)
         ctx.group, ctx.total, ctx.has_bias, ctx.dims = group, total, bias is not None, dims
@@ -158,16 +154,12 @@ def sync_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, runn
     C.check_tensor(input, "input", min_dim=2)
     C.check_eps(eps)
     C.check_momentum(momentum)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
-        if t is not None and t.shape != (input.shape[1],):
-            raise ValueError(f"{name}: expected shape ({input.shape[1]},) for input of shape {tuple(input.shape)}, got {tuple(t.shape)}")
+    F._check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     statistics: list = []
     y = _SyncBatchNormFunction.apply(input, weight, bias, eps, process_group, statistics)
     mean, unbiased_var, _ = statistics
-    with torch.no_grad():
-        for running, batch in ((running_mean, mean), (running_var, unbiased_var)):
-            if running is not None:
-                running.mul_(1 - momentum).add_(batch.to(running.dtype), alpha=momentum)
+    F._update_running(running_mean, mean, momentum)
+    F._update_running(running_var, unbiased_var, momentum)
     return y
 
 
