@@ -1,4 +1,5 @@
-"""Spectral normalization (Miyato et al. 2018): power iteration and a parametrization.
+"""Weight re-parametrizations: spectral normalization (Miyato et al. 2018), with its power
+iteration, and weight normalization (Salimans & Kingma 2016), its usual point of comparison.
 
 ``W_SN = W / sigma(W)`` where ``sigma(W)`` is the largest singular value, estimated by
 power iteration with a persistent vector (one step per training forward pass, re-using the
@@ -16,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from normlib import _checks as C
 
-__all__ = ["power_iteration", "spectral_norm"]
+__all__ = ["power_iteration", "spectral_norm", "spectral_norm_estimates", "weight_norm"]
 
 _INIT_ITERATIONS = 15  # at registration, so sigma is already accurate at the first forward
 
@@ -112,4 +113,66 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
     if weight.dim() > 1 and not -weight.dim() <= dim < weight.dim():
         raise ValueError(f"dim: expected an int in [{-weight.dim()}, {weight.dim() - 1}], got {dim}")
     parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, eps))
+    return module
+
+
+def spectral_norm_estimates(module: nn.Module) -> list[tuple[str, float, float]]:
+    """For every spectrally normalized weight in ``module``: ``(name, tracked, exact)``, where
+    ``tracked`` is the estimate the next training forward pass divides by (one power-iteration
+    step from the stored vector, on the current weight; the stored vectors are left as they are)
+    and ``exact`` the largest singular value of the un-normalized weight (``torch.linalg.svdvals``)."""
+    rows = []
+    for name, sub in module.named_modules():
+        for tensor_name, stack in getattr(sub, "parametrizations", {}).items():
+            norm = next((p for p in stack if isinstance(p, _SpectralNorm)), None)
+            if norm is None or not hasattr(norm, "_u"):
+                continue
+            with torch.no_grad():
+                matrix = norm._as_matrix(stack.original)
+                tracked, _, _ = power_iteration(matrix, norm._u, norm.n_power_iterations, norm.eps)
+                exact = torch.linalg.svdvals(matrix.float())[0]
+            rows.append((f"{name}.{tensor_name}" if name else tensor_name, tracked.item(), exact.item()))
+    return rows
+
+
+class _WeightNorm(nn.Module):
+    """The parametrization ``(g, v) -> g * v / ||v||`` (norms over every dim but ``dim``)."""
+
+    def __init__(self, dim: int | None):
+        super().__init__()
+        self.dim = dim
+
+    def _norm(self, v: torch.Tensor) -> torch.Tensor:
+        if self.dim is None:
+            return torch.linalg.vector_norm(v)
+        dims = [d for d in range(v.dim()) if d != self.dim % v.dim()]
+        return torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+
+    def forward(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v * (g / self._norm(v))
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._norm(weight), weight
+
+
+def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) -> nn.Module:
+    """Register weight normalization (Salimans & Kingma 2016) on ``module.<name>``: the weight
+    becomes ``g * v / ||v||`` with the norm taken per slice along ``dim`` (per output unit for
+    the default ``dim=0``; ``None`` for one norm over the whole tensor). ``g`` starts at the
+    initial norms and ``v`` at the initial weight, so the layer computes the same function.
+
+    Same state-dict keys (``parametrizations.<name>.original0`` for ``g``, ``original1`` for
+    ``v``) as :func:`torch.nn.utils.parametrizations.weight_norm`.
+
+    Compared with spectral normalization in ``chapters/08_spectral_norm.ipynb``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
+    weight = getattr(module, name, None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"name: module {type(module).__name__} has no tensor parameter {name!r}")
+    C.check_tensor(weight, f"module.{name}")
+    if dim is not None and not (isinstance(dim, int) and -weight.dim() <= dim < weight.dim()):
+        raise ValueError(f"dim: expected None or an int in [{-weight.dim()}, {weight.dim() - 1}], got {dim!r}")
+    parametrize.register_parametrization(module, name, _WeightNorm(dim), unsafe=True)
     return module

@@ -1,11 +1,13 @@
-"""Power iteration and the spectral-norm parametrization, against torch."""
+"""Power iteration, the spectral-norm and weight-norm parametrizations, against torch."""
+
+import re
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from normlib.spectral import power_iteration, spectral_norm
+from normlib.spectral import power_iteration, spectral_norm, spectral_norm_estimates, weight_norm
 
 
 def matrix_with_gap(m, n, top=5.0, second=1.0):
@@ -93,3 +95,67 @@ def test_bad_input(call, error, message):
     with pytest.raises(error) as info:
         call()
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_weight_norm_matches_torch(dim):
+    ours, theirs = nn.Conv2d(3, 5, 3), nn.Conv2d(3, 5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    weight_norm(ours, dim=dim)
+    parametrizations.weight_norm(theirs, dim=dim)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs.state_dict()[key])
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(ours(x), theirs(x))
+    ours(x).square().sum().backward()
+    theirs(x).square().sum().backward()
+    g_ours, v_ours = ours.parametrizations.weight.original0.grad, ours.parametrizations.weight.original1.grad
+    torch.testing.assert_close(g_ours, theirs.parametrizations.weight.original0.grad)
+    torch.testing.assert_close(v_ours, theirs.parametrizations.weight.original1.grad)
+
+
+def test_weight_norm_gradient_is_orthogonal_to_the_weight():
+    """Salimans & Kingma: the gradient with respect to v is orthogonal to w (per output unit)."""
+    layer = weight_norm(nn.Linear(6, 4).double())
+    layer(torch.randn(5, 6, dtype=torch.float64)).sin().sum().backward()
+    v_grad, w = layer.parametrizations.weight.original1.grad, layer.weight.detach()
+    torch.testing.assert_close((v_grad * w).sum(1), torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_weight_norm_gradcheck():
+    layer = weight_norm(nn.Linear(3, 2).double())
+    g, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    x = torch.randn(4, 3, dtype=torch.float64)
+    norm = layer.parametrizations.weight[0]
+    assert torch.autograd.gradcheck(lambda g, v: norm(g, v) @ x.T, (g.detach().requires_grad_(), v.detach().requires_grad_()))
+
+
+def test_spectral_norm_estimates_report_the_next_forward_estimate():
+    torch.manual_seed(0)
+    model = nn.Sequential(spectral_norm(nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 16), spectral_norm(nn.Linear(16, 1)))
+    rows = spectral_norm_estimates(model)
+    assert [name for name, _, _ in rows] == ["0.weight", "3.weight"]  # the plain layer is skipped
+    for (_, tracked, exact), layer in zip(rows, (model[0], model[3])):
+        raw = layer.parametrizations.weight.original.detach()
+        assert exact == pytest.approx(torch.linalg.svdvals(raw)[0].item(), rel=1e-6)
+        assert tracked <= exact * (1 + 1e-6)  # a Rayleigh quotient of unit vectors
+    stored = model[0].parametrizations.weight[0]._u.clone()
+    spectral_norm_estimates(model)
+    torch.testing.assert_close(model[0].parametrizations.weight[0]._u, stored)  # vectors left as they are
+    with torch.no_grad():  # move the weight, as an optimizer step would
+        model[0].parametrizations.weight.original.add_(0.1 * torch.randn(16, 8))
+    _, tracked, _ = spectral_norm_estimates(model)[0]
+    model.train()
+    normalized = model[0].weight.detach()  # a training-mode pass: one round from the stored vector
+    torch.testing.assert_close(normalized * tracked, model[0].parametrizations.weight.original.detach())
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: weight_norm(nn.Linear(2, 2), dim=2), ValueError, "dim: expected None or an int in [-2, 1], got 2"),
+    (lambda: weight_norm(nn.Linear(2, 2), name="nope"), ValueError, "name: module Linear has no tensor parameter 'nope'"),
+    (lambda: weight_norm(3), TypeError, "module: expected an nn.Module, got int"),
+])
+def test_weight_norm_rejects_bad_arguments(call, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call()

@@ -1,0 +1,213 @@
+"""Small GANs for the spectral-normalization chapter: data, models, the alternating objective,
+and sample-quality metrics.
+
+Training goes through the book's one loop, :func:`normlib.train.fit`: ``fit`` steps the
+*generator*, and :class:`AlternatingObjective`, used as its ``loss_fn``, first performs the
+discriminator's ``n_dis`` updates on the ``n_dis`` slices of the mini-batch (each with its own
+optimizer, as in Miyato et al.'s algorithm) and then returns the generator's loss.
+
+Derived in ``chapters/08_spectral_norm.ipynb``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normlib import _checks as C
+from normlib.spectral import spectral_norm, weight_norm
+
+__all__ = ["OptimizerSetting", "TABLE_1_SETTINGS", "CONSTRAINTS", "ring_centers", "ring_of_gaussians",
+           "mlp_generator", "mlp_discriminator", "GAN", "AlternatingObjective", "nearest_mode", "modes_covered",
+           "sliced_wasserstein", "layer_singular_values"]
+
+
+@dataclass(frozen=True)
+class OptimizerSetting:
+    """Adam's learning rate and betas, and ``n_dis`` discriminator updates per generator update."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    n_dis: int
+
+    def adam(self, parameters) -> torch.optim.Adam:
+        return torch.optim.Adam(parameters, lr=self.lr, betas=(self.beta1, self.beta2))
+
+
+# Miyato et al. (2018), table 1: A-C are conservative, D-F aggressive (large lr, or beta1 = 0.9).
+TABLE_1_SETTINGS = {
+    "A": OptimizerSetting(1e-4, 0.5, 0.9, 5),
+    "B": OptimizerSetting(1e-4, 0.5, 0.999, 1),
+    "C": OptimizerSetting(2e-4, 0.5, 0.999, 1),
+    "D": OptimizerSetting(1e-3, 0.5, 0.9, 5),
+    "E": OptimizerSetting(1e-3, 0.5, 0.999, 5),
+    "F": OptimizerSetting(1e-3, 0.9, 0.999, 5),
+}
+
+# How a discriminator's weights are constrained. "clip" is WGAN's weight clipping (Arjovsky et
+# al. 2017), which comes with WGAN's loss; the others use the standard non-saturating loss.
+CONSTRAINTS = ("none", "clip", "weight_norm", "spectral_norm")
+
+
+def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
+    """``(modes, 2)`` points evenly spaced on a circle."""
+    C.check_positive_int(modes, "modes")
+    angles = 2 * math.pi * torch.arange(modes) / modes
+    return radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+
+
+def ring_of_gaussians(n: int, generator: torch.Generator, modes: int = 8, radius: float = 2.0,
+                      std: float = 0.05) -> torch.Tensor:
+    """``n`` samples of an equal mixture of isotropic Gaussians (standard deviation ``std``)
+    centred on :func:`ring_centers`: the classic test of mode collapse."""
+    C.check_positive_int(n, "n")
+    if not std > 0:
+        raise ValueError(f"std: expected a positive number, got {std!r}")
+    which = torch.randint(modes, (n,), generator=generator)
+    return ring_centers(modes, radius)[which] + std * torch.randn(n, 2, generator=generator)
+
+
+def _mlp(sizes: list[int], wrap=lambda layer: layer) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(wrap(nn.Linear(a, b)))
+        if i < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(0.1))
+    return nn.Sequential(*layers)
+
+
+def mlp_generator(latent: int, hidden: int, out_features: int, depth: int = 3) -> nn.Sequential:
+    """``depth`` linear layers with leaky-ReLU between them and a linear output (no normalization)."""
+    for value, name in ((latent, "latent"), (hidden, "hidden"), (out_features, "out_features"), (depth, "depth")):
+        C.check_positive_int(value, name)
+    return _mlp([latent] + [hidden] * (depth - 1) + [out_features])
+
+
+def mlp_discriminator(in_features: int, hidden: int, constraint: str = "none", depth: int = 3) -> nn.Sequential:
+    """``depth`` linear layers to one logit, each re-parametrized by ``constraint``:
+    ``"spectral_norm"`` or ``"weight_norm"`` (from :mod:`normlib.spectral`); ``"none"`` and
+    ``"clip"`` leave the layers plain (clipping happens after each update, in
+    :class:`AlternatingObjective`)."""
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint: expected one of {CONSTRAINTS}, got {constraint!r}")
+    for value, name in ((in_features, "in_features"), (hidden, "hidden"), (depth, "depth")):
+        C.check_positive_int(value, name)
+    wrap = {"spectral_norm": spectral_norm, "weight_norm": weight_norm}.get(constraint, lambda layer: layer)
+    return _mlp([in_features] + [hidden] * (depth - 1) + [1], wrap)
+
+
+class GAN(nn.Module):
+    """A generator and a discriminator; ``gan(z)`` is the generator's output."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, latent: int):
+        super().__init__()
+        C.check_positive_int(latent, "latent")
+        self.generator, self.discriminator, self.latent = generator, discriminator, latent
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = next(self.generator.parameters()).device
+        return self.generator(torch.randn(n, self.latent, generator=generator).to(device))
+
+
+class AlternatingObjective:
+    """The ``loss_fn`` that :func:`normlib.train.fit` needs to train a :class:`GAN`.
+
+    ``fit`` must be given the generator's optimizer and mini-batches of ``n_dis * batch`` real
+    examples. Each call splits the mini-batch into ``n_dis`` slices and updates the
+    discriminator once per slice with ``discriminator_optimizer`` (real and generated examples in
+    one forward pass, so a spectrally normalized layer runs one power iteration per update),
+    then returns the generator's loss on ``batch`` fresh samples.
+
+    ``loss`` is ``"standard"`` (the non-saturating loss of Goodfellow et al.: the discriminator
+    minimizes ``softplus(-D(x)) + softplus(D(G(z)))``, the generator ``softplus(-D(G(z)))``) or
+    ``"wasserstein"`` (WGAN: ``D(G(z)) - D(x)`` and ``-D(G(z))``). ``clip`` clamps every
+    discriminator parameter to ``[-clip, clip]`` after each update (WGAN's weight clipping).
+    ``discriminator_loss`` holds the last discriminator loss.
+    """
+
+    def __init__(self, discriminator_optimizer: torch.optim.Optimizer, n_dis: int, generator: torch.Generator,
+                 loss: str = "standard", clip: float | None = None):
+        C.check_positive_int(n_dis, "n_dis")
+        if loss not in ("standard", "wasserstein"):
+            raise ValueError(f"loss: expected 'standard' or 'wasserstein', got {loss!r}")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip: expected None or a positive number, got {clip!r}")
+        self.optimizer, self.n_dis, self.generator, self.loss, self.clip = (
+            discriminator_optimizer, n_dis, generator, loss, clip)
+        self.discriminator_loss = float("nan")
+
+    def _losses(self, real_logits, fake_logits):
+        if self.loss == "wasserstein":
+            return fake_logits.mean() - real_logits.mean(), -fake_logits.mean()
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean(), F.softplus(-fake_logits).mean()
+
+    def __call__(self, gan: GAN, batch: tuple[torch.Tensor]) -> torch.Tensor:
+        (real,) = batch
+        if len(real) % self.n_dis:
+            raise ValueError(f"batch: expected a multiple of n_dis = {self.n_dis} examples, got {len(real)}")
+        for real_slice in real.chunk(self.n_dis):
+            with torch.no_grad():
+                fake = gan.sample(len(real_slice), self.generator)
+            logits = gan.discriminator(torch.cat([real_slice, fake]))
+            loss, _ = self._losses(*logits.split(len(real_slice)))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.clip is not None:
+                with torch.no_grad():
+                    for p in gan.discriminator.parameters():
+                        p.clamp_(-self.clip, self.clip)
+        self.discriminator_loss = loss.item()
+        fake_logits = gan.discriminator(gan.sample(len(real) // self.n_dis, self.generator))
+        return self._losses(fake_logits.new_zeros(1), fake_logits)[1]
+
+
+def nearest_mode(samples: torch.Tensor, centers: torch.Tensor, max_distance: float) -> torch.Tensor:
+    """Index of the nearest center for each sample, or -1 where it is farther than ``max_distance``."""
+    C.check_tensor(samples, "samples", min_dim=2, max_dim=2)
+    C.check_tensor(centers, "centers", min_dim=2, max_dim=2)
+    distance, index = torch.cdist(samples.float(), centers.float()).min(dim=1)
+    return torch.where(distance <= max_distance, index, torch.full_like(index, -1))
+
+
+def modes_covered(assignments: torch.Tensor, modes: int, min_share: float = 0.25) -> int:
+    """How many modes receive at least ``min_share`` of their fair share (``n / modes``) of the
+    samples; ``assignments`` holds a mode index per sample, -1 for a sample of no mode."""
+    C.check_positive_int(modes, "modes")
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share: expected a number in (0, 1], got {min_share!r}")
+    kept = assignments[assignments >= 0]
+    counts = torch.bincount(kept, minlength=modes)
+    return int((counts >= min_share * len(assignments) / modes).sum())
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
+                       generator: torch.Generator | None = None) -> float:
+    """Sliced 1-Wasserstein distance between two equal-size samples ``(n, d)``: the average over
+    random unit directions of the 1-D Wasserstein distance between the projected samples (sorted
+    projections, compared in order). Zero for identical distributions, and it grows both when
+    samples miss part of the data and when they fall where there is none."""
+    C.check_tensor(a, "a", min_dim=2, max_dim=2)
+    C.check_tensor(b, "b", min_dim=2, max_dim=2)
+    if a.shape != b.shape:
+        raise ValueError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    directions = F.normalize(torch.randn(a.shape[1], projections, generator=generator), dim=0)
+    pa = (a.float().cpu() @ directions).sort(dim=0).values
+    pb = (b.float().cpu() @ directions).sort(dim=0).values
+    return (pa - pb).abs().mean().item()
+
+
+def layer_singular_values(module: nn.Module) -> list[torch.Tensor]:
+    """Singular values (descending) of the weight each linear or convolutional layer of
+    ``module`` actually applies (after any parametrization), flattened to ``(out, in * k)``."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    with torch.no_grad():
+        return [torch.linalg.svdvals(m.weight.flatten(1).float().cpu()) for m in layers]
