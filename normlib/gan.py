@@ -28,7 +28,8 @@ __all__ = ["OptimizerSetting", "TABLE_1_SETTINGS", "CONSTRAINTS", "ring_centers"
 
 @dataclass(frozen=True)
 class OptimizerSetting:
-    """Adam's learning rate and betas, and ``n_dis`` discriminator updates per generator update."""
+    """Adam's learning rate and betas, and ``n_dis`` discriminator updates per generator update.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
 
     lr: float
     beta1: float
@@ -55,7 +56,7 @@ CONSTRAINTS = ("none", "clip", "weight_norm", "spectral_norm")
 
 
 def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
-    """``(modes, 2)`` points evenly spaced on a circle."""
+    """``(modes, 2)`` points evenly spaced on a circle. Used in ``chapters/08_spectral_norm.ipynb``."""
     C.check_positive_int(modes, "modes")
     angles = 2 * math.pi * torch.arange(modes) / modes
     return radius * torch.stack([angles.cos(), angles.sin()], dim=1)
@@ -64,7 +65,8 @@ def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
 def ring_of_gaussians(n: int, generator: torch.Generator, modes: int = 8, radius: float = 2.0,
                       std: float = 0.05) -> torch.Tensor:
     """``n`` samples of an equal mixture of isotropic Gaussians (standard deviation ``std``)
-    centred on :func:`ring_centers`: the classic test of mode collapse."""
+    centred on :func:`ring_centers`: the classic test of mode collapse.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
     C.check_positive_int(n, "n")
     if not std > 0:
         raise ValueError(f"std: expected a positive number, got {std!r}")
@@ -82,7 +84,8 @@ def _mlp(sizes: list[int], wrap=lambda layer: layer) -> nn.Sequential:
 
 
 def mlp_generator(latent: int, hidden: int, out_features: int, depth: int = 3) -> nn.Sequential:
-    """``depth`` linear layers with leaky-ReLU between them and a linear output (no normalization)."""
+    """``depth`` linear layers with leaky-ReLU between them and a linear output (no normalization).
+    Used in ``chapters/08_spectral_norm.ipynb``."""
     for value, name in ((latent, "latent"), (hidden, "hidden"), (out_features, "out_features"), (depth, "depth")):
         C.check_positive_int(value, name)
     return _mlp([latent] + [hidden] * (depth - 1) + [out_features])
@@ -92,7 +95,7 @@ def mlp_discriminator(in_features: int, hidden: int, constraint: str = "none", d
     """``depth`` linear layers to one logit, each re-parametrized by ``constraint``:
     ``"spectral_norm"`` or ``"weight_norm"`` (from :mod:`normlib.spectral`); ``"none"`` and
     ``"clip"`` leave the layers plain (clipping happens after each update, in
-    :class:`AlternatingObjective`)."""
+    :class:`AlternatingObjective`). Used in ``chapters/08_spectral_norm.ipynb``."""
     if constraint not in CONSTRAINTS:
         raise ValueError(f"constraint: expected one of {CONSTRAINTS}, got {constraint!r}")
     for value, name in ((in_features, "in_features"), (hidden, "hidden"), (depth, "depth")):
@@ -102,7 +105,8 @@ def mlp_discriminator(in_features: int, hidden: int, constraint: str = "none", d
 
 
 class GAN(nn.Module):
-    """A generator and a discriminator; ``gan(z)`` is the generator's output."""
+    """A generator and a discriminator; ``gan(z)`` is the generator's output.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, latent: int):
         super().__init__()
@@ -131,6 +135,7 @@ class AlternatingObjective:
     ``"wasserstein"`` (WGAN: ``D(G(z)) - D(x)`` and ``-D(G(z))``). ``clip`` clamps every
     discriminator parameter to ``[-clip, clip]`` after each update (WGAN's weight clipping).
     ``discriminator_loss`` holds the last discriminator loss.
+    Used in ``chapters/08_spectral_norm.ipynb``.
     """
 
     def __init__(self, discriminator_optimizer: torch.optim.Optimizer, n_dis: int, generator: torch.Generator,
@@ -171,7 +176,8 @@ class AlternatingObjective:
 
 
 def nearest_mode(samples: torch.Tensor, centers: torch.Tensor, max_distance: float) -> torch.Tensor:
-    """Index of the nearest center for each sample, or -1 where it is farther than ``max_distance``."""
+    """Index of the nearest center for each sample, or -1 where it is farther than ``max_distance``.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
     C.check_tensor(samples, "samples", min_dim=2, max_dim=2)
     C.check_tensor(centers, "centers", min_dim=2, max_dim=2)
     distance, index = torch.cdist(samples.float(), centers.float()).min(dim=1)
@@ -180,7 +186,8 @@ def nearest_mode(samples: torch.Tensor, centers: torch.Tensor, max_distance: flo
 
 def modes_covered(assignments: torch.Tensor, modes: int, min_share: float = 0.25) -> int:
     """How many modes receive at least ``min_share`` of their fair share (``n / modes``) of the
-    samples; ``assignments`` holds a mode index per sample, -1 for a sample of no mode."""
+    samples; ``assignments`` holds a mode index per sample, -1 for a sample of no mode.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
     C.check_positive_int(modes, "modes")
     if not 0 < min_share <= 1:
         raise ValueError(f"min_share: expected a number in (0, 1], got {min_share!r}")
@@ -194,7 +201,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
     """Sliced 1-Wasserstein distance between two equal-size samples ``(n, d)``: the average over
     random unit directions of the 1-D Wasserstein distance between the projected samples (sorted
     projections, compared in order). Zero for identical distributions, and it grows both when
-    samples miss part of the data and when they fall where there is none."""
+    samples miss part of the data and when they fall where there is none.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
     C.check_tensor(a, "a", min_dim=2, max_dim=2)
     C.check_tensor(b, "b", min_dim=2, max_dim=2)
     if a.shape != b.shape:
@@ -207,7 +215,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
 
 def layer_singular_values(module: nn.Module) -> list[torch.Tensor]:
     """Singular values (descending) of the weight each linear or convolutional layer of
-    ``module`` actually applies (after any parametrization), flattened to ``(out, in * k)``."""
+    ``module`` actually applies (after any parametrization), flattened to ``(out, in * k)``.
+    Used in ``chapters/08_spectral_norm.ipynb``."""
     layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     with torch.no_grad():
         return [torch.linalg.svdvals(m.weight.flatten(1).float().cpu()) for m in layers]

@@ -15,7 +15,7 @@ import yaml
 import normlib
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_MODULES = ["normlib.functional", "normlib.nn", "normlib.spectral", "normlib.scaling", "normlib.backward",
+PUBLIC_MODULES = ["normlib.functional", "normlib.nn", "normlib.spectral", "normlib.gan", "normlib.scaling", "normlib.backward",
                   "normlib.quadratic", "normlib.invariance"]
 
 
