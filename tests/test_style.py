@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from normlib.models.style import RandomEncoder, VGG19Encoder, channel_statistics, content_loss, style_loss
+from normlib.models.style import (AdaINStylizer, Decoder, RandomEncoder, VGG19Encoder, channel_statistics, content_loss,
+                                  optimize_image, style_loss)
 
 TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
 WIDTHS = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
@@ -116,3 +117,59 @@ def test_statistics_and_losses():
         style_loss(maps, maps[:1])
     with pytest.raises(ValueError, match="deepest features of shape"):
         content_loss(maps, maps[0])
+
+
+def test_decoder_mirrors_the_encoder_back_to_image_size():
+    encoder = RandomEncoder(width=8)
+    decoder = Decoder(encoder.channels)
+    deepest = encoder(torch.rand(2, 3, 32, 32))[-1]
+    assert tuple(deepest.shape) == (2, 64, 4, 4)
+    assert tuple(decoder(deepest).shape) == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="channels: expected at least two positive ints"):
+        Decoder([8])
+
+
+def test_adain_target_carries_the_style_statistics_and_alpha_interpolates():
+    torch.manual_seed(0)
+    stylizer = AdaINStylizer(RandomEncoder(width=8))
+    content, style = torch.rand(2, 3, 32, 32), torch.rand(1, 3, 48, 48)
+    content_features, style_features = stylizer.encoder(content)[-1], stylizer.encoder(style)[-1]
+    torch.testing.assert_close(stylizer.target(content, style, alpha=0.0), content_features)
+    mean, std = channel_statistics(stylizer.target(content, style, alpha=1.0), eps=1e-12)
+    style_mean, style_std = channel_statistics(style_features, eps=1e-12)
+    # channels that vary in both images: a dead ReLU channel is constant, and then eps = 1e-5
+    # inside AdaIN's square roots dominates its standard deviation
+    varying = (channel_statistics(content_features, eps=1e-12)[1] > 0.05) & (style_std > 0.05)
+    torch.testing.assert_close(mean, style_mean.expand_as(mean), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(std[varying], style_std.expand_as(std)[varying], atol=1e-3, rtol=1e-2)
+    assert varying.float().mean() > 0.5
+    half = stylizer.target(content, style, alpha=0.5)
+    torch.testing.assert_close(half, 0.5 * content_features + 0.5 * stylizer.target(content, style))
+    with pytest.raises(ValueError, match=r"alpha: expected a number in \[0, 1\], got 1.5"):
+        stylizer(content, style, alpha=1.5)
+
+
+def test_only_the_decoder_learns_and_training_lowers_its_losses():
+    torch.manual_seed(0)
+    stylizer = AdaINStylizer(RandomEncoder(width=8))
+    content, style = torch.rand(4, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    optimizer = torch.optim.Adam(stylizer.decoder.parameters(), lr=1e-3)
+    totals = []
+    for _ in range(40):
+        c_loss, s_loss = stylizer.losses(content, style)
+        loss = c_loss + s_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(loss.item())
+    assert all(p.grad is None for p in stylizer.encoder.parameters())
+    assert totals[-1] < 0.5 * totals[0], (totals[0], totals[-1])
+
+
+def test_optimization_based_transfer_lowers_the_style_loss():
+    torch.manual_seed(0)
+    encoder = RandomEncoder(width=8)
+    content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32).pow(3)
+    image, style_losses = optimize_image(encoder, content, style, steps=30, style_weight=10.0)
+    assert image.shape == content.shape and 0 <= image.min() and image.max() <= 1
+    assert style_losses[-1] < 0.5 * style_losses[0], (style_losses[0], style_losses[-1])

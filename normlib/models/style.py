@@ -27,7 +27,8 @@ from torch import nn
 
 from normlib import _checks as C
 
-__all__ = ["VGG19Encoder", "RandomEncoder", "channel_statistics", "style_loss", "content_loss"]
+__all__ = ["VGG19Encoder", "RandomEncoder", "Decoder", "AdaINStylizer", "optimize_image", "channel_statistics",
+           "style_loss", "content_loss"]
 
 # torchvision's VGG-19 "features" up to relu4_1: out-channels of each conv, "M" a 2x2 max-pool.
 _VGG19_TO_RELU4_1 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512]
@@ -154,3 +155,82 @@ def content_loss(features: list[torch.Tensor], target: list[torch.Tensor] | torc
     if features[-1].shape != deepest.shape:
         raise ValueError(f"target: expected deepest features of shape {tuple(features[-1].shape)}, got {tuple(deepest.shape)}")
     return (features[-1] - deepest).square().mean()
+
+
+class Decoder(nn.Module):
+    """Maps an encoder's deepest features back to an RGB image, mirroring the encoder as in
+    Huang & Belongie (2017): per stage, deep to shallow, 3x3 convolutions with ReLU and a 2x
+    nearest-neighbour upsampling, reflection padding, and a last convolution to 3 channels
+    without nonlinearity. ``channels`` are the encoder's channels at its taps (``encoder.channels``).
+    Derived in ``chapters/07_adain.ipynb``."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        if len(channels) < 2 or any(not isinstance(c, int) or c < 1 for c in channels):
+            raise ValueError(f"channels: expected at least two positive ints (shallow to deep), got {channels}")
+        conv = lambda a, b: [nn.ReflectionPad2d(1), nn.Conv2d(a, b, 3)]
+        layers = []
+        deep_to_shallow = channels[::-1]
+        for wide, narrow in zip(deep_to_shallow[:-1], deep_to_shallow[1:]):
+            layers += [*conv(wide, narrow), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+                       *conv(narrow, narrow), nn.ReLU()]
+        layers += conv(channels[0], 3)
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class AdaINStylizer(nn.Module):
+    """Encoder, AdaIN, decoder: ``stylizer(content, style, alpha)`` decodes
+    ``t = alpha * AdaIN(f(content), f(style)) + (1 - alpha) * f(content)`` (Huang & Belongie
+    2017). Only the decoder is trained; :meth:`losses` returns the paper's content loss (the
+    decoded image's deepest features against ``t``) and style loss (channel means and standard
+    deviations at every tap against the style's). Derived in ``chapters/07_adain.ipynb``."""
+
+    def __init__(self, encoder: _Encoder, decoder: Decoder | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder if decoder is not None else Decoder(encoder.channels)
+
+    def target(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+        from normlib.functional import adain
+
+        content_features = self.encoder(content)[-1]
+        return alpha * adain(content_features, self.encoder(style)[-1]) + (1 - alpha) * content_features
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        return self.decoder(self.target(content, style, alpha))
+
+    def losses(self, content: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(content_loss, style_loss)`` of the decoded images (alpha = 1)."""
+        t = self.target(content, style)
+        decoded_features = self.encoder(self.decoder(t))
+        return content_loss(decoded_features, t), style_loss(decoded_features, self.encoder(style))
+
+
+def optimize_image(encoder: _Encoder, content: torch.Tensor, style: torch.Tensor, steps: int,
+                   style_weight: float = 1.0, lr: float = 0.05) -> tuple[torch.Tensor, list[float]]:
+    """Optimization-based style transfer (Gatys et al. 2016) with the same encoder and losses:
+    start from the content image and minimize ``content_loss(f(x), f(content)) + style_weight *
+    style_loss(f(x), f(style))`` over the pixels with Adam. Returns the image (clamped to [0, 1])
+    and the style loss before each step. Derived in ``chapters/07_adain.ipynb``."""
+    C.check_positive_int(steps, "steps")
+    image = content.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([image], lr=lr)
+    with torch.no_grad():
+        content_target, style_target = encoder(content)[-1], encoder(style)
+    style_losses = []
+    for _ in range(steps):
+        features = encoder(image)
+        s_loss = style_loss(features, style_target)
+        loss = content_loss(features, content_target) + style_weight * s_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        style_losses.append(s_loss.item())
+    return image.detach(), style_losses
