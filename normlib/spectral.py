@@ -86,6 +86,17 @@ class _SpectralNorm(nn.Module):
         return weight / sigma
 
 
+def _tensor_to_parametrize(module: nn.Module, name: str) -> torch.Tensor:
+    """``module.<name>``, checked to be a tensor that a parametrization can replace."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
+    weight = getattr(module, name, None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"name: module {type(module).__name__} has no tensor parameter {name!r}")
+    C.check_tensor(weight, f"module.{name}")
+    return weight
+
+
 def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: int = 1,
                   eps: float = 1e-12, dim: int | None = None) -> nn.Module:
     """Register spectral normalization on ``module.<name>`` as a parametrization.
@@ -99,12 +110,7 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
 
     Derived in ``chapters/08_spectral_norm.ipynb``.
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
-    weight = getattr(module, name, None)
-    if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"name: module {type(module).__name__} has no tensor parameter {name!r}")
-    C.check_tensor(weight, f"module.{name}")
+    weight = _tensor_to_parametrize(module, name)
     C.check_positive_int(n_power_iterations, "n_power_iterations")
     C.check_eps(eps)
     if dim is None:
@@ -167,12 +173,7 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
 
     Compared with spectral normalization in ``chapters/08_spectral_norm.ipynb``.
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
-    weight = getattr(module, name, None)
-    if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"name: module {type(module).__name__} has no tensor parameter {name!r}")
-    C.check_tensor(weight, f"module.{name}")
+    weight = _tensor_to_parametrize(module, name)
     if dim is not None and not (isinstance(dim, int) and -weight.dim() <= dim < weight.dim()):
         raise ValueError(f"dim: expected None or an int in [{-weight.dim()}, {weight.dim() - 1}], got {dim!r}")
     parametrize.register_parametrization(module, name, _WeightNorm(dim), unsafe=True)
