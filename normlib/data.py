@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "language_model_windows",
-           "shakespeare_language_model", "DataError"]
+           "shakespeare_language_model", "DataError", "PHOTOS", "load_photo", "random_crops"]
 
 SHA256 = {
     "mnist10k.npz": "f1a23f2fb1a1c97bb00a811807ddd50a888dbcdcdead94147993273c22ee3f37",
@@ -118,3 +118,63 @@ def shakespeare_language_model(context: int, val_windows: int = 128, train_fract
     split = int(train_fraction * len(ids))
     val_inputs, val_targets = language_model_windows(ids[split:], context)
     return tokenizer, language_model_windows(ids[:split], context), (val_inputs[:val_windows], val_targets[:val_windows])
+
+
+# Photos for the style chapters, loaded offline from packages (none stored in data/): the
+# scikit-image ones are public domain or CC0; china and flower (scikit-learn) are CC BY 2.0.
+PHOTOS = {
+    "astronaut": "skimage", "chelsea": "skimage", "coffee": "skimage", "rocket": "skimage",
+    "hubble_deep_field": "skimage", "immunohistochemistry": "skimage", "retina": "skimage",
+    "brick": "skimage", "grass": "skimage", "gravel": "skimage",
+    "china": "sklearn", "flower": "sklearn",
+}
+
+
+def load_photo(name: str, short_side: int | None = None) -> torch.Tensor:
+    """An RGB photo as a float32 ``(3, H, W)`` tensor in [0, 1] (grey textures are repeated to
+    three channels), resized with antialiasing so that its shorter side is ``short_side``.
+    ``name`` is one of :data:`PHOTOS`. Used in ``chapters/07_adain.ipynb``."""
+    if name not in PHOTOS:
+        raise ValueError(f"name: expected one of {sorted(PHOTOS)}, got {name!r}")
+    if short_side is not None and (not isinstance(short_side, int) or short_side < 8):
+        raise ValueError(f"short_side: expected None or an int of at least 8, got {short_side!r}")
+    if PHOTOS[name] == "skimage":
+        import skimage.data
+
+        array = getattr(skimage.data, name)()
+    else:
+        from sklearn.datasets import load_sample_image
+
+        array = load_sample_image(f"{name}.jpg")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    image = torch.from_numpy(np.array(array[..., :3], dtype=np.float32)).permute(2, 0, 1).div_(255)  # a writable copy
+    if short_side is not None:
+        scale = short_side / min(image.shape[1:])
+        size = [max(short_side, round(side * scale)) for side in image.shape[1:]]
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", antialias=True,
+                                                align_corners=False)[0].clamp_(0, 1)
+    return image
+
+
+def random_crops(images: list[torch.Tensor], n: int, size: int, generator: torch.Generator,
+                 flip: bool = True) -> torch.Tensor:
+    """``n`` random ``size`` x ``size`` crops, each from an image drawn uniformly from ``images``
+    (``(C, H, W)`` tensors), mirrored left-right with probability 1/2 if ``flip``; ``(n, C, size,
+    size)``. Used in ``chapters/07_adain.ipynb``."""
+    if not images:
+        raise ValueError("images: expected at least one image")
+    for i, image in enumerate(images):
+        if image.dim() != 3 or min(image.shape[1:]) < size:
+            raise ValueError(f"images[{i}]: expected a (C, H, W) tensor with H, W >= size = {size}, "
+                             f"got shape {tuple(image.shape)}")
+    crops = []
+    for _ in range(n):
+        image = images[torch.randint(len(images), (1,), generator=generator).item()]
+        top = torch.randint(image.shape[1] - size + 1, (1,), generator=generator).item()
+        left = torch.randint(image.shape[2] - size + 1, (1,), generator=generator).item()
+        crop = image[:, top:top + size, left:left + size]
+        if flip and torch.rand(1, generator=generator).item() < 0.5:
+            crop = crop.flip(-1)
+        crops.append(crop)
+    return torch.stack(crops)

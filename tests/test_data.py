@@ -46,3 +46,25 @@ def test_missing_and_corrupt_files_are_named(tmp_path, monkeypatch):
 def test_unknown_split_is_rejected():
     with pytest.raises(ValueError, match="split: expected one of"):
         data.load_mnist("validation")
+
+
+@pytest.mark.parametrize("name", sorted(data.PHOTOS))
+def test_every_photo_loads_offline_as_rgb_in_unit_range(name):
+    image = data.load_photo(name, short_side=32)
+    assert image.dtype == torch.float32 and image.shape[0] == 3 and min(image.shape[1:]) == 32
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.01
+
+
+def test_random_crops_are_reproducible_and_come_from_the_images():
+    images = [torch.arange(3 * 10 * 12, dtype=torch.float32).view(3, 10, 12), torch.zeros(3, 8, 8)]
+    first = data.random_crops(images, 6, 8, torch.Generator().manual_seed(0))
+    again = data.random_crops(images, 6, 8, torch.Generator().manual_seed(0))
+    assert first.shape == (6, 3, 8, 8) and torch.equal(first, again)
+    source = images[0]
+    windows = [source[:, i:i + 8, j:j + 8] for i in range(3) for j in range(5)]
+    for crop in first:
+        assert (crop == 0).all() or any(torch.equal(crop, w) or torch.equal(crop, w.flip(-1)) for w in windows)
+    with pytest.raises(ValueError, match=r"images\[1\]: expected a \(C, H, W\) tensor with H, W >= size = 9"):
+        data.random_crops(images, 1, 9, torch.Generator())
+    with pytest.raises(ValueError, match="name: expected one of"):
+        data.load_photo("mona_lisa")
