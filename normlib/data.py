@@ -133,7 +133,7 @@ PHOTOS = {
 def load_photo(name: str, short_side: int | None = None) -> torch.Tensor:
     """An RGB photo as a float32 ``(3, H, W)`` tensor in [0, 1] (grey textures are repeated to
     three channels), resized with antialiasing so that its shorter side is ``short_side``.
-    ``name`` is one of :data:`PHOTOS`. Used in ``chapters/07_adain.ipynb``."""
+    ``name`` is a key of ``normlib.data.PHOTOS``. Used in ``chapters/07_adain.ipynb``."""
     if name not in PHOTOS:
         raise ValueError(f"name: expected one of {sorted(PHOTOS)}, got {name!r}")
     if short_side is not None and (not isinstance(short_side, int) or short_side < 8):
