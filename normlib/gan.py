@@ -149,10 +149,13 @@ class AlternatingObjective:
             discriminator_optimizer, n_dis, generator, loss, clip)
         self.discriminator_loss = float("nan")
 
-    def _losses(self, real_logits, fake_logits):
+    def _discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.loss == "wasserstein":
-            return fake_logits.mean() - real_logits.mean(), -fake_logits.mean()
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean(), F.softplus(-fake_logits).mean()
+            return fake_logits.mean() - real_logits.mean()
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+    def _generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -fake_logits.mean() if self.loss == "wasserstein" else F.softplus(-fake_logits).mean()
 
     def __call__(self, gan: GAN, batch: tuple[torch.Tensor]) -> torch.Tensor:
         (real,) = batch
@@ -162,7 +165,7 @@ class AlternatingObjective:
             with torch.no_grad():
                 fake = gan.sample(len(real_slice), self.generator)
             logits = gan.discriminator(torch.cat([real_slice, fake]))
-            loss, _ = self._losses(*logits.split(len(real_slice)))
+            loss = self._discriminator_loss(*logits.split(len(real_slice)))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -171,8 +174,7 @@ class AlternatingObjective:
                     for p in gan.discriminator.parameters():
                         p.clamp_(-self.clip, self.clip)
         self.discriminator_loss = loss.item()
-        fake_logits = gan.discriminator(gan.sample(len(real) // self.n_dis, self.generator))
-        return self._losses(fake_logits.new_zeros(1), fake_logits)[1]
+        return self._generator_loss(gan.discriminator(gan.sample(len(real) // self.n_dis, self.generator)))
 
 
 def nearest_mode(samples: torch.Tensor, centers: torch.Tensor, max_distance: float) -> torch.Tensor:

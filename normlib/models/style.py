@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from normlib import _checks as C
+from normlib.functional import adain
 
 __all__ = ["VGG19Encoder", "RandomEncoder", "Decoder", "AdaINStylizer", "optimize_image", "channel_statistics",
            "style_loss", "content_loss"]
@@ -194,21 +195,23 @@ class AdaINStylizer(nn.Module):
         self.decoder = decoder if decoder is not None else Decoder(encoder.channels)
 
     def target(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        return self._mix(self.encoder(content)[-1], self.encoder(style)[-1], alpha)
+
+    @staticmethod
+    def _mix(content_features: torch.Tensor, style_features: torch.Tensor, alpha: float) -> torch.Tensor:
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
-        from normlib.functional import adain
-
-        content_features = self.encoder(content)[-1]
-        return alpha * adain(content_features, self.encoder(style)[-1]) + (1 - alpha) * content_features
+        return alpha * adain(content_features, style_features) + (1 - alpha) * content_features
 
     def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         return self.decoder(self.target(content, style, alpha))
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(content_loss, style_loss)`` of the decoded images (alpha = 1)."""
-        t = self.target(content, style)
+        style_features = self.encoder(style)  # once: AdaIN needs the deepest map, the style loss all of them
+        t = self._mix(self.encoder(content)[-1], style_features[-1], 1.0)
         decoded_features = self.encoder(self.decoder(t))
-        return content_loss(decoded_features, t), style_loss(decoded_features, self.encoder(style))
+        return content_loss(decoded_features, t), style_loss(decoded_features, style_features)
 
 
 def optimize_image(encoder: _Encoder, content: torch.Tensor, style: torch.Tensor, steps: int,
