@@ -9,7 +9,7 @@ import torch
 
 from normlib import _checks as C
 
-__all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward"]
+__all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
 
 def _normalized_backward(grad_xhat: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, dims) -> torch.Tensor:
@@ -90,3 +90,34 @@ def rms_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized
     grad_input = rstd * (grad_xhat - xhat * (grad_xhat * xhat).mean(dim=dims, keepdim=True))
     grad_weight = (grad_output * xhat).sum(dim=batch_dims) if weight is not None else None
     return grad_input, grad_weight
+
+
+def group_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, num_groups: int,
+                        weight: torch.Tensor | None = None, eps: float = 1e-5):
+    """Gradients of group normalization of an ``(N, C, *)`` input: the statistics live per
+    example and group of ``C / num_groups`` channels (all positions), ``gamma`` and ``beta`` per
+    channel. ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * gamma`` and the
+    means over each group.
+
+    Returns ``(grad_input, grad_weight, grad_bias)``. Derived in ``chapters/05_group_norm.ipynb``.
+    """
+    C.check_tensor(input, "input", min_dim=2)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    C.check_positive_int(num_groups, "num_groups")
+    if input.shape[1] % num_groups != 0:
+        raise ValueError(f"num_groups: expected a divisor of the number of channels {input.shape[1]}, got {num_groups}")
+    C.check_param(weight, "weight", (input.shape[1],), input)
+    C.check_eps(eps)
+    grouped = lambda t: t.reshape(input.shape[0], num_groups, -1)  # noqa: E731
+    var, mean = torch.var_mean(grouped(input), dim=-1, keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (grouped(input) - mean) * rstd
+    if weight is not None:
+        weight = weight.view(1, -1, *([1] * (input.dim() - 2)))
+    grad_xhat = grad_output * weight if weight is not None else grad_output
+    grad_input = _normalized_backward(grouped(grad_xhat), xhat, rstd, -1).reshape(input.shape)
+    if weight is None:
+        return grad_input, None, None
+    param_dims = [0, *range(2, input.dim())]
+    return grad_input, (grad_output * xhat.reshape(input.shape)).sum(param_dims), grad_output.sum(param_dims)

@@ -7,7 +7,7 @@ import torch
 
 import normlib.functional as F
 from normlib import backward, nn, quadratic
-from normlib.models import MLP
+from normlib.models import MLP, SmallCNN
 from normlib.train import accuracy, fit, minibatches, seed_everything
 
 
@@ -31,6 +31,64 @@ def test_hand_derived_layer_norm_backward_matches_autograd():
     dx, dw, db = backward.layer_norm_backward(dy, x.detach(), (6,), w.detach())
     for ours, theirs in ((dx, x.grad), (dw, w.grad), (db, b.grad)):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("groups, weighted", [(1, True), (2, True), (6, True), (3, False)])
+def test_hand_derived_group_norm_backward_matches_autograd(groups, weighted):
+    x = (torch.randn(4, 6, 3, 5, dtype=torch.float64) * 3 + 2).requires_grad_()
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True) if weighted else None
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if weighted else None
+    dy = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    F.group_norm(x, groups, w, b).backward(dy)
+    dx, dw, db = backward.group_norm_backward(dy, x.detach(), groups, w.detach() if weighted else None)
+    torch.testing.assert_close(dx, x.grad)
+    if weighted:
+        torch.testing.assert_close(dw, w.grad)
+        torch.testing.assert_close(db, b.grad)
+    else:
+        assert dw is None and db is None
+    # each group's gradient has no component along the group's shift
+    assert dx.reshape(4, groups, -1).sum(-1).abs().max() < 1e-10
+
+
+def test_group_norm_backward_rejects_bad_groups():
+    with pytest.raises(ValueError, match="num_groups"):
+        backward.group_norm_backward(torch.randn(2, 6, 4), torch.randn(2, 6, 4), 4)
+
+
+@pytest.mark.parametrize("conv_norm, fc_norm", [
+    (None, None),
+    (nn.BatchNorm2d, nn.BatchNorm1d),
+    (lambda c: nn.GroupNorm(4, c), lambda c: nn.GroupNorm(4, c)),
+    (lambda c: nn.InstanceNorm2d(c, affine=True), None),
+])
+def test_small_cnn_shapes_and_biases(conv_norm, fc_norm):
+    model = SmallCNN(conv_norm, fc_norm, widths=(4, 8), hidden=8)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all((c.bias is None) == (conv_norm is not None) for c in convs)
+    assert (model.hidden[0].bias is None) == (fc_norm is not None)
+    # 16x16 inputs give one position after the second stage
+    assert SmallCNN(widths=(2, 3), hidden=4, image_size=16)(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_small_cnn_rejects_bad_input():
+    with pytest.raises(ValueError, match="image_size"):
+        SmallCNN(image_size=12)
+    with pytest.raises(ValueError, match="images"):
+        SmallCNN()(torch.randn(2, 28, 28))
+
+
+def test_small_cnn_batch_norm_at_batch_two_maps_the_hidden_layer_to_two_values():
+    # the mechanism the group-norm chapter measures: BN over 2 values outputs +-d / sqrt(d^2 + eps)
+    # (d half their difference), so each hidden feature carries one bit: which example is larger
+    torch.manual_seed(0)
+    model = SmallCNN(nn.BatchNorm2d, nn.BatchNorm1d, widths=(4, 8), hidden=16)
+    pre = model.hidden[0](model.features(torch.rand(2, 1, 28, 28)))
+    normalized = model.hidden[1](pre)
+    half_difference = (pre[0] - pre[1]) / 2
+    torch.testing.assert_close(normalized[0], half_difference / torch.sqrt(half_difference**2 + 1e-5))
+    torch.testing.assert_close(normalized[1], -normalized[0])
 
 
 def test_ghost_batch_norm_normalizes_each_ghost_batch():
