@@ -12,7 +12,7 @@ import torch
 
 from normlib import functional as F
 
-__all__ = ["use_style", "PALETTE", "NORM_AXES", "shared_statistics_mask", "norm_axes_figure"]
+__all__ = ["use_style", "PALETTE", "NORM_AXES", "shared_statistics_mask", "norm_axes_figure", "show_images"]
 
 PALETTE = ["#1f5fa8", "#d1495b", "#2e9c6a", "#edae49", "#6c4f9c", "#5c5c5c"]
 
@@ -83,6 +83,17 @@ def norm_axes_figure(methods=None, shape=(6, 6, 4)):
         ax.set_title(name, pad=0)
     fig.subplots_adjust(left=0.0, right=1.0, bottom=0.02, top=0.92, wspace=0.0)
     return fig
+
+
+def show_images(axes, images, titles=None) -> None:
+    """Draw RGB images ``(3, H, W)`` in [0, 1] (clamped) on a row of matplotlib axes, without
+    ticks or grid, each with an optional small title. Used by the style chapters
+    (``chapters/06_instance_norm.ipynb``, ``chapters/07_adain.ipynb``)."""
+    for i, (ax, image) in enumerate(zip(axes, images)):
+        ax.imshow(image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+        ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
 
 
 def _rgba(color: str, alpha: float) -> tuple[float, float, float, float]:

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from normlib.models.style import (AdaINStylizer, Decoder, RandomEncoder, VGG19Encoder, channel_statistics, content_loss,
-                                  optimize_image, style_loss)
+from normlib import nn
+from normlib.models.style import (AdaINStylizer, Decoder, RandomEncoder, StylizationNetwork, VGG19Encoder,
+                                  channel_statistics, content_loss, optimize_image, style_loss)
 
 TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
 WIDTHS = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
@@ -173,3 +174,43 @@ def test_optimization_based_transfer_lowers_the_style_loss():
     image, style_losses = optimize_image(encoder, content, style, steps=30, style_weight=10.0)
     assert image.shape == content.shape and 0 <= image.min() and image.max() <= 1
     assert style_losses[-1] < 0.5 * style_losses[0], (style_losses[0], style_losses[-1])
+
+
+@pytest.mark.parametrize("norm_name", ["batch", "instance"])
+def test_stylization_network_keeps_the_image_size_and_range(norm_name):
+    norm = nn.BatchNorm2d if norm_name == "batch" else (lambda c: nn.InstanceNorm2d(c, affine=True))
+    net = StylizationNetwork(norm, width=4, residual_blocks=1)
+    out = net(torch.rand(2, 3, 16, 20))
+    assert out.shape == (2, 3, 16, 20) and out.min() >= 0 and out.max() <= 1
+    assert sum(isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) for m in net.modules()) == 7
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.rand(1, 3, 18, 20))
+    with pytest.raises(ValueError, match="RGB"):
+        net(torch.rand(1, 1, 16, 16))
+
+
+def test_instance_norm_network_ignores_each_images_contrast_and_brightness():
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    contrast = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64).view(3, 1, 1, 1)
+    brightness = torch.tensor([0.2, -0.1, 0.4], dtype=torch.float64).view(3, 1, 1, 1)
+    changed = contrast * images + brightness
+    # eps -> 0 makes the invariance exact; float64 keeps the comparison tight
+    instance = StylizationNetwork(lambda c: nn.InstanceNorm2d(c, affine=True, eps=1e-12), width=4, residual_blocks=1).double()
+    torch.testing.assert_close(instance(changed), instance(images))
+    batch = StylizationNetwork(lambda c: nn.BatchNorm2d(c, eps=1e-12), width=4, residual_blocks=1).double()
+    assert (batch(changed) - batch(images)).abs().max() > 1e-3   # BN mixes the images' statistics
+
+
+def test_show_images_draws_clamped_images_without_ticks():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from normlib import plot
+    fig, axes = plt.subplots(1, 2)
+    plot.show_images(axes, [torch.rand(3, 4, 5) * 3 - 1, torch.rand(3, 4, 5)], ["first", "second"])
+    drawn = axes[0].images[0].get_array()
+    assert drawn.shape == (4, 5, 3) and drawn.min() >= 0 and drawn.max() <= 1
+    assert axes[1].get_title() == "second" and not axes[0].get_xticks().size
+    plt.close(fig)

@@ -28,8 +28,8 @@ from torch import nn
 from normlib import _checks as C
 from normlib.functional import adain
 
-__all__ = ["VGG19Encoder", "RandomEncoder", "Decoder", "AdaINStylizer", "optimize_image", "channel_statistics",
-           "style_loss", "content_loss"]
+__all__ = ["VGG19Encoder", "RandomEncoder", "Decoder", "AdaINStylizer", "StylizationNetwork", "optimize_image",
+           "channel_statistics", "style_loss", "content_loss"]
 
 # torchvision's VGG-19 "features" up to relu4_1: out-channels of each conv, "M" a 2x2 max-pool.
 _VGG19_TO_RELU4_1 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512]
@@ -212,6 +212,59 @@ class AdaINStylizer(nn.Module):
         t = self._mix(self.encoder(content)[-1], style_features[-1], 1.0)
         decoded_features = self.encoder(self.decoder(t))
         return content_loss(decoded_features, t), style_loss(decoded_features, style_features)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, width: int, norm):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3), norm(width), nn.ReLU(),
+                                  nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3), norm(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class StylizationNetwork(nn.Module):
+    """A feed-forward network trained for one style (Johnson et al. 2016; Ulyanov et al. 2016):
+    a 9x9 convolution, two stride-2 convolutions, ``residual_blocks`` residual blocks, two 2x
+    nearest-neighbour upsamplings each followed by a 3x3 convolution, and a 9x9 convolution to RGB
+    squashed into [0, 1] by a sigmoid. Every convolution but the last is followed by
+    ``norm(channels)`` (e.g. ``normlib.nn.BatchNorm2d`` or ``lambda c: normlib.nn.InstanceNorm2d(c,
+    affine=True)``) and, outside the residual additions, a ReLU. Reflection padding keeps the borders
+    free of artefacts; height and width must be multiples of 4.
+
+    With instance normalization after the first convolution, the output is invariant to a
+    per-image contrast and brightness change ``a * x + b`` of the input (``a > 0``), up to ``eps``.
+    Derived in ``chapters/06_instance_norm.ipynb``.
+    """
+
+    def __init__(self, norm, width: int = 16, residual_blocks: int = 3):
+        super().__init__()
+        C.check_positive_int(width, "width")
+        C.check_positive_int(residual_blocks, "residual_blocks")
+
+        def conv(a, b, kernel, stride=1):
+            return [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(a, b, kernel, stride)]
+
+        w = width
+        self.layers = nn.Sequential(
+            *conv(3, w, 9), norm(w), nn.ReLU(),
+            *conv(w, 2 * w, 3, 2), norm(2 * w), nn.ReLU(),
+            *conv(2 * w, 4 * w, 3, 2), norm(4 * w), nn.ReLU(),
+            *[_ResidualBlock(4 * w, norm) for _ in range(residual_blocks)],
+            nn.Upsample(scale_factor=2, mode="nearest"), *conv(4 * w, 2 * w, 3), norm(2 * w), nn.ReLU(),
+            nn.Upsample(scale_factor=2, mode="nearest"), *conv(2 * w, w, 3), norm(w), nn.ReLU(),
+            *conv(w, 3, 9), nn.Sigmoid(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        C.check_tensor(images, "images", min_dim=4)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected an (N, 3, H, W) RGB batch, got shape {tuple(images.shape)}")
+        if images.shape[-2] % 4 or images.shape[-1] % 4 or min(images.shape[-2:]) < 8:
+            raise ValueError(f"images: expected height and width that are multiples of 4 and at least 8, "
+                             f"got {tuple(images.shape[-2:])}")
+        return self.layers(images)
 
 
 def optimize_image(encoder: _Encoder, content: torch.Tensor, style: torch.Tensor, steps: int,
