@@ -8,6 +8,10 @@ normalization in a readable reference path:
 * variances come from :func:`torch.var_mean`, a numerically stable (Welford / two-pass)
   reduction, never from ``E[x^2] - E[x]^2`` on the raw input.
 
+CUDA tensors go to the fused Triton kernels of :mod:`normlib.kernels` instead (batch, layer,
+RMS, group and instance norm) when :func:`normlib.kernels.available` is true; they compute the
+same function, checked against this path by ``tests/test_kernels.py``.
+
 Notation (the book's): an input of shape ``(N, C, *)``; ``mu`` and ``sigma^2`` the mean and
 biased variance over the reduced axes; ``eps`` added inside the square root; ``gamma``
 (``weight``) and ``beta`` (``bias``) the optional affine parameters.
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from normlib import _checks as C
+from normlib import kernels
 
 __all__ = [
     "batch_norm",
@@ -73,6 +78,11 @@ def _check_per_channel(input: torch.Tensor, **params) -> None:
         C.check_param(p, name, (input.shape[1],), input)
 
 
+def _use_kernels(input: torch.Tensor) -> bool:
+    """CUDA tensors take the Triton kernels when they are available (``normlib.kernels.backend()``)."""
+    return input.is_cuda and kernels.available()
+
+
 def _update_running(running: torch.Tensor | None, batch_stat: torch.Tensor, momentum: float) -> None:
     """``running = (1 - momentum) * running + momentum * batch_stat``, in place, without grad."""
     if running is not None:
@@ -110,6 +120,9 @@ def batch_norm(
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean, running_var: expected tensors in evaluation mode (training=False), got None")
+        if _use_kernels(input):
+            from normlib.kernels.batch_norm import batch_norm_inference
+            return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
         sd = _stats_dtype(input)
         mean = _channel_view(running_mean.to(sd), input.dim())
         var = _channel_view(running_var.to(sd), input.dim())
@@ -121,6 +134,12 @@ def batch_norm(
                 f"input: expected more than 1 value per channel when training, got input of shape "
                 f"{tuple(input.shape)} (use a batch of at least 2, or evaluation mode)"
             )
+        if _use_kernels(input):
+            from normlib.kernels.batch_norm import batch_norm_training
+            y, mean, var = batch_norm_training(input, weight, bias, eps)
+            _update_running(running_mean, mean, momentum)
+            _update_running(running_var, var * (count / (count - 1)), momentum)  # unbiased
+            return y
         y, mean, var = _standardize(input, dims, eps)
         _update_running(running_mean, mean.flatten(), momentum)
         _update_running(running_var, var.flatten() * (count / (count - 1)), momentum)  # unbiased
@@ -222,9 +241,19 @@ def layer_norm(
     C.check_param(weight, "weight", shape, input)
     C.check_param(bias, "bias", shape, input)
     C.check_eps(eps)
+    if _use_kernels(input):
+        from normlib.kernels.rowwise import layer_norm as fused_layer_norm
+        return _over_flattened_trailing_axes(fused_layer_norm, input, shape, weight, bias, eps=eps)
     dims = tuple(range(-len(shape), 0))
     y, _, _ = _standardize(input, dims, eps)
     return _affine(y, weight, bias).to(input.dtype)
+
+
+def _over_flattened_trailing_axes(norm, input, shape, *params, **kwargs) -> torch.Tensor:
+    """Apply a norm over the last axis to ``input`` with its trailing ``shape`` axes flattened into one."""
+    n = math.prod(shape)
+    flat = input.reshape(*input.shape[: input.dim() - len(shape)], n)
+    return norm(flat, *(p.reshape(n) if p is not None else None for p in params), **kwargs).reshape(input.shape)
 
 
 def rms_norm(
@@ -242,6 +271,9 @@ def rms_norm(
     Derived in ``chapters/04_rms_norm.ipynb``.
     """
     shape, eps = _rms_arguments(input, normalized_shape, weight, eps)
+    if _use_kernels(input):
+        from normlib.kernels.rowwise import rms_norm as fused_rms_norm
+        return _over_flattened_trailing_axes(fused_rms_norm, input, shape, weight, eps=eps)
     dims = tuple(range(-len(shape), 0))
     xs = input.to(_stats_dtype(input))
     y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
@@ -306,6 +338,9 @@ def group_norm(
         )
     _check_per_channel(input, weight=weight, bias=bias)
     C.check_eps(eps)
+    if _use_kernels(input):
+        from normlib.kernels.group_norm import group_norm as fused_group_norm
+        return fused_group_norm(input, num_groups, weight, bias, eps)
     n = input.shape[0]
     grouped = input.reshape(n, num_groups, -1)
     y, _, _ = _standardize(grouped, -1, eps)
@@ -348,6 +383,9 @@ def instance_norm(
         raise ValueError(
             f"input: expected more than 1 spatial element per channel, got input of shape {tuple(input.shape)}"
         )
+    if _use_kernels(input) and running_mean is None and running_var is None:
+        from normlib.kernels.group_norm import group_norm as fused_group_norm
+        return fused_group_norm(input, input.shape[1], weight, bias, eps)   # one channel per group
     y, mean, var = _standardize(input, dims, eps)
     _update_running(running_mean, mean.flatten(1).mean(0), momentum)
     _update_running(running_var, (var.flatten(1) * (count / (count - 1))).mean(0), momentum)

@@ -1,0 +1,48 @@
+"""What the kernel families share: dtypes of statistics and accumulators, input checks, and the
+size of persistent grids."""
+
+import functools
+import os
+
+import torch
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# read once, when the kernels are defined: triton.jit makes interpreted kernels from then on
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+PROGRAMS_PER_SM = 4            # persistent backward: programs per streaming multiprocessor
+INTERPRETER_PROGRAMS = 4       # under TRITON_INTERPRET=1 each program costs milliseconds
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics are float32, or float64 for float64 inputs (never the half-precision input dtype)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def accumulator_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def check_input(x: torch.Tensor, name: str, min_dim: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: expected float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name}: expected at least {min_dim} dimensions, got shape {tuple(x.shape)}")
+    if not (x.is_cuda or INTERPRETED):
+        raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors only in Triton's interpreter, "
+                         f"TRITON_INTERPRET=1 set before normlib.kernels is imported), got device {x.device}")
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def program_budget(device: torch.device) -> int:
+    """Programs of a persistent grid: a few per SM on a GPU, a handful in the interpreter. It
+    bounds the partial-sum buffers, whatever the number of rows."""
+    if device.type == "cuda":
+        return PROGRAMS_PER_SM * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+    return INTERPRETER_PROGRAMS
