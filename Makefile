@@ -4,6 +4,7 @@
 #   make reproduce   papermill at SCALE=full into results/ (for a GPU machine)
 #   make distributed CHAPTER=02_batch_norm NPROC=4
 #                    one chapter under torchrun on NPROC processes (GPUs with NCCL, else CPU with gloo)
+#   make bench       kernel benchmark into benchmarks/results/ (GPU; tiny shapes on a CPU)
 #   make lab         open the notebooks in JupyterLab
 #   make clean       remove build outputs (keeps .venv)
 
@@ -49,6 +50,9 @@ distributed: $(STAMP)
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) --local-ranks-filter 0 --no-python bash -c \
 	  'out=/dev/null; [ "$$RANK" = 0 ] && out=results/$(CHAPTER)-$(NPROC)proc.ipynb; \
 	   exec $(VENV)/bin/papermill chapters/$(CHAPTER).ipynb $$out -p SCALE $(SCALE) -p SEED $(SEED) --log-output'
+
+bench: $(STAMP)
+	$(PY) -m normlib.bench --out benchmarks/results
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab chapters/

@@ -1,0 +1,266 @@
+"""Kernel benchmark: ``python -m normlib.bench``.
+
+Measures, in one run, the device's copy bandwidth and then the forward and the forward+backward
+time of each normalization (RMSNorm and LayerNorm over the last dimension, GroupNorm, BatchNorm in
+training mode) over a grid of shapes and dtypes, for every provider that is installed:
+normlib's Triton kernels, torch eager, ``torch.compile`` (on a GPU), Liger-Kernel and QuACK.
+Normalization is memory-bound, so each time is reported as effective bandwidth (the bytes the
+operation must move, divided by the time), as a percentage of the measured copy bandwidth, and as
+the ratio of each peer's time to normlib's (above 1: normlib is faster).
+
+Results go to ``<out>/<device>.csv`` and ``.json`` (with the device named) and a figure to
+``<out>/<device>.png``. On a machine without a GPU the kernels run in Triton's interpreter on tiny
+shapes: the numbers mean nothing there, but the harness is exercised (the tests do this).
+
+Derived in ``chapters/10_kernels.ipynb``.
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+GPU_ROWWISE_SHAPES = [(32768, n) for n in (256, 512, 1024, 2048, 4096, 8192, 16384)] + [(4096, 65536), (1024, 262144)]
+GPU_GROUP_SHAPES = [(32, 256, 56, 56, 32), (32, 512, 28, 28, 32), (16, 128, 128, 128, 32), (8, 64, 256, 256, 32)]
+GPU_BATCH_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (256, 2048, 7, 7)]
+CPU_ROWWISE_SHAPES = [(64, 256), (8, 4097)]
+CPU_GROUP_SHAPES = [(2, 8, 8, 8, 4)]
+CPU_BATCH_SHAPES = [(4, 4, 8, 8)]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+FIELDS = ["device", "family", "shape", "dtype", "direction", "provider", "ms", "bytes", "gb_per_s",
+          "percent_of_copy", "normlib_speedup"]
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}), Triton interpreter"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _timer(device: str):
+    """Milliseconds per call of ``fn``: Triton's ``do_bench`` (median) on a GPU, a short
+    ``perf_counter`` loop on a CPU."""
+    if device == "cuda":
+        from triton.testing import do_bench
+        return lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    def cpu_time(fn, repeats=3):
+        fn()
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+        return 1000 * statistics.median(times)
+    return cpu_time
+
+
+def copy_bandwidth(device: str, timer) -> float:
+    """GB/s of a device-to-device copy (bytes read plus bytes written)."""
+    n = (1 << 28) if device == "cuda" else (1 << 22)     # 1 GiB or 16 MiB of float32
+    src = torch.empty(n, device=device, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
+def _peers(family: str, device: str) -> dict:
+    """Installed implementations to compare with, as ``name -> fn(x, weight, bias)``."""
+    import torch.nn.functional as TF
+    eps = 1e-6
+    if family == "rms_norm":
+        eager = lambda x, w, b: TF.rms_norm(x, x.shape[-1:], w, eps)  # noqa: E731
+    elif family == "layer_norm":
+        eager = lambda x, w, b: TF.layer_norm(x, x.shape[-1:], w, b, eps)  # noqa: E731
+    elif family == "group_norm":
+        eager = lambda x, w, b, groups: TF.group_norm(x, groups, w, b, eps)  # noqa: E731
+    else:
+        eager = lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True, eps=eps)  # noqa: E731
+    peers = {"torch": eager}
+    if device == "cuda":
+        peers["torch.compile"] = torch.compile(eager, dynamic=False)
+        if family in ("rms_norm", "layer_norm") and importlib.util.find_spec("liger_kernel"):
+            from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+            peers["liger"] = ((lambda x, w, b: LigerRMSNormFunction.apply(x, w, eps)) if family == "rms_norm"
+                              else (lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, eps)))
+        if family == "rms_norm" and importlib.util.find_spec("quack"):
+            from quack import rmsnorm
+            peers["quack"] = lambda x, w, b: rmsnorm(x, w, eps=eps)
+    return peers
+
+
+def _normlib(family: str):
+    from normlib.kernels import batch_norm, group_norm, rowwise
+    eps = 1e-6
+    return {
+        "rms_norm": lambda x, w, b: rowwise.rms_norm(x, w, eps),
+        "layer_norm": lambda x, w, b: rowwise.layer_norm(x, w, b, eps),
+        "group_norm": lambda x, w, b, groups: group_norm.group_norm(x, groups, w, b, eps),
+        "batch_norm": lambda x, w, b: batch_norm.batch_norm_training(x, w, b, eps)[0],
+    }[family]
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def _bytes(x: torch.Tensor, params: int, direction: str, stats: int) -> int:
+    """Bytes the operation has to move: forward reads x and writes y; backward reads x and dy and
+    writes dx, plus the parameters, their gradients and the saved statistics."""
+    activations = x.numel() * x.element_size()
+    parameters = params * 4
+    if direction == "forward":
+        return 2 * activations + 2 * parameters + stats * 4
+    return 5 * activations + 6 * parameters + 3 * stats * 4   # forward + backward
+
+
+def _cases(device: str, families: list[str], dtypes: list[str]):
+    gpu = device == "cuda"
+    for family in families:
+        if family in ("rms_norm", "layer_norm"):
+            shapes = GPU_ROWWISE_SHAPES if gpu else CPU_ROWWISE_SHAPES
+        elif family == "group_norm":
+            shapes = GPU_GROUP_SHAPES if gpu else CPU_GROUP_SHAPES
+        else:
+            shapes = GPU_BATCH_SHAPES if gpu else CPU_BATCH_SHAPES
+        for shape in shapes:
+            for dtype in dtypes:
+                yield family, shape, dtype
+
+
+def _measure(family, shape, dtype_name, device, timer, copy_gb_s):
+    dtype = DTYPES[dtype_name]
+    groups = shape[-1] if family == "group_norm" else None
+    tensor_shape = shape[:-1] if family == "group_norm" else shape
+    channels = tensor_shape[-1] if family in ("rms_norm", "layer_norm") else tensor_shape[1]
+    x = torch.randn(tensor_shape, device=device, dtype=dtype, requires_grad=True)
+    weight = torch.rand(channels, device=device, dtype=dtype, requires_grad=True)
+    bias = torch.randn(channels, device=device, dtype=dtype, requires_grad=True) if family != "rms_norm" else None
+    dy = torch.randn_like(x)
+    extra = (groups,) if groups else ()
+    stats = {"rms_norm": tensor_shape[0], "layer_norm": 2 * tensor_shape[0],
+             "group_norm": 2 * tensor_shape[0] * (groups or 1), "batch_norm": 2 * channels}[family]
+    providers = {"normlib": _normlib(family), **_peers(family, device)}
+    params = [p for p in (x, weight, bias) if p is not None]
+    rows = []
+    for provider, fn in providers.items():
+        try:
+            forward_ms = timer(lambda: fn(x, weight, bias, *extra))
+            total_ms = timer(lambda: torch.autograd.grad(fn(x, weight, bias, *extra), params, dy))
+        except Exception as error:  # a peer that does not support a shape or dtype is reported, not fatal
+            print(f"  {provider} failed on {family} {shape} {dtype_name}: {type(error).__name__}: {error}")
+            continue
+        for direction, ms in (("forward", forward_ms), ("forward+backward", total_ms)):
+            moved = _bytes(x, channels * (2 if bias is not None else 1), direction, stats)
+            gb_s = moved / (ms * 1e-3) / 1e9
+            rows.append(dict(device=device_name(), family=family, shape="x".join(map(str, shape)), dtype=dtype_name,
+                             direction=direction, provider=provider, ms=_significant(ms), bytes=moved,
+                             gb_per_s=_significant(gb_s), percent_of_copy=_significant(100 * gb_s / copy_gb_s)))
+    ours = {r["direction"]: r["ms"] for r in rows if r["provider"] == "normlib"}
+    for r in rows:
+        r["normlib_speedup"] = _significant(r["ms"] / ours[r["direction"]]) if r["direction"] in ours else None
+    return rows
+
+
+def run(out: Path, families: list[str], dtypes: list[str]) -> dict:
+    """Run the benchmark and write ``<out>/<device>.{csv,json,png}``; returns the JSON document."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # before normlib.kernels imports triton
+    timer = _timer(device)
+    copy_gb_s = copy_bandwidth(device, timer)
+    print(f"{device_name()}: copy bandwidth {copy_gb_s:.1f} GB/s")
+    rows = []
+    for family, shape, dtype in _cases(device, families, dtypes):
+        measured = _measure(family, shape, dtype, device, timer, copy_gb_s)
+        rows += measured
+        for r in measured:
+            print(f"  {family:10s} {r['shape']:>16s} {dtype} {r['direction']:16s} {r['provider']:13s} "
+                  f"{r['gb_per_s']:9.4g} GB/s {r['percent_of_copy']:6.4g}% of copy, "
+                  f"normlib speedup {r['normlib_speedup']}")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / _slug(device_name())
+    document = {"device": device_name(), "torch": torch.__version__, "triton": _triton_version(),
+                "copy_gb_per_s": round(copy_gb_s, 2), "results": rows}
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    figure(document).savefig(stem.with_suffix(".png"), bbox_inches="tight")
+    print(f"wrote {stem}.csv, .json, .png")
+    return document
+
+
+def _triton_version():
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+def figure(document: dict):
+    """Effective bandwidth of every provider, one panel per kernel family and direction, with the
+    measured copy bandwidth as a dashed line."""
+    import matplotlib
+    if not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from normlib import plot
+    plot.use_style()
+    rows = document["results"]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    directions = ["forward", "forward+backward"]
+    fig, axes = plt.subplots(len(directions), len(families), figsize=(3.6 * len(families), 6), squeeze=False)
+    for j, family in enumerate(families):
+        for i, direction in enumerate(directions):
+            ax = axes[i, j]
+            selected = [r for r in rows if r["family"] == family and r["direction"] == direction]
+            shapes = list(dict.fromkeys(r["shape"] for r in selected))
+            for provider, dtype in dict.fromkeys((r["provider"], r["dtype"]) for r in selected):
+                values = {r["shape"]: r["gb_per_s"] for r in selected if r["provider"] == provider and r["dtype"] == dtype}
+                present = [s for s in shapes if s in values]
+                ax.plot(present, [values[s] for s in present], "o-" if dtype == "bf16" else "s--", ms=4,
+                        color=plot.PALETTE[providers.index(provider) % len(plot.PALETTE)], label=f"{provider} {dtype}")
+            ax.axhline(document["copy_gb_per_s"], color="k", ls=":", lw=1)
+            ax.set_title(f"{family}, {direction}", fontsize=9)
+            ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+            if j == 0:
+                ax.set_ylabel("effective GB/s")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{document['device']} (dotted: copy bandwidth {document['copy_gb_per_s']:.0f} GB/s)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for CSV, JSON and PNG")
+    parser.add_argument("--families", default="rms_norm,layer_norm,group_norm,batch_norm")
+    parser.add_argument("--dtypes", default="bf16,fp32")
+    args = parser.parse_args(argv)
+    families = args.families.split(",")
+    unknown = [f for f in families if f not in ("rms_norm", "layer_norm", "group_norm", "batch_norm")]
+    dtypes = args.dtypes.split(",")
+    if unknown or any(d not in DTYPES for d in dtypes):
+        parser.error(f"--families: expected some of rms_norm,layer_norm,group_norm,batch_norm; --dtypes: some of "
+                     f"{','.join(DTYPES)}; got {args.families!r}, {args.dtypes!r}")
+    run(args.out, families, dtypes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The benchmark harness, on tiny shapes (on a CPU the kernels run in Triton's interpreter)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_writes_csv_json_and_figure(tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, "-m", "normlib.bench", "--out", str(tmp_path), "--dtypes", "fp32,bf16"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (document_path,) = tmp_path.glob("*.json")
+    document = json.loads(document_path.read_text())
+    assert document["device"] and document["copy_gb_per_s"] > 0
+    rows = document["results"]
+    with open(document_path.with_suffix(".csv")) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert document_path.with_suffix(".png").stat().st_size > 10_000
+    assert {r["family"] for r in rows} == {"rms_norm", "layer_norm", "group_norm", "batch_norm"}
+    assert {r["provider"] for r in rows} >= {"normlib", "torch"}
+    for r in rows:
+        assert r["ms"] > 0 and r["gb_per_s"] > 0
+        assert r["percent_of_copy"] == pytest.approx(100 * r["gb_per_s"] / document["copy_gb_per_s"], rel=1e-2)
+        if r["provider"] == "normlib":
+            assert r["normlib_speedup"] == 1.0
+    # each (family, shape, dtype) has both directions for each provider
+    keys = {(r["family"], r["shape"], r["dtype"], r["provider"]) for r in rows}
+    assert len(rows) == 2 * len(keys)
+
+
+def test_benchmark_rejects_unknown_options():
+    result = subprocess.run([sys.executable, "-m", "normlib.bench", "--families", "softmax"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "--families" in result.stderr
