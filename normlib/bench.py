@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["run", "goal_report", "figure", "copy_bandwidth", "main"]
+
 GPU_ROWWISE_SHAPES = [(32768, n) for n in (256, 512, 1024, 2048, 4096, 8192, 16384)] + [(4096, 65536), (1024, 262144)]
 GPU_GROUP_SHAPES = [(32, 256, 56, 56, 32), (32, 512, 28, 28, 32), (16, 128, 128, 128, 32), (8, 64, 256, 256, 32)]
 GPU_BATCH_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (256, 2048, 7, 7)]
@@ -66,7 +68,8 @@ def _timer(device: str):
 
 
 def copy_bandwidth(device: str, timer) -> float:
-    """GB/s of a device-to-device copy (bytes read plus bytes written)."""
+    """GB/s of a device-to-device copy (bytes read plus bytes written), the yardstick of every
+    other result. Derived in ``chapters/10_kernels.ipynb``."""
     n = (1 << 28) if device == "cuda" else (1 << 22)     # 1 GiB or 16 MiB of float32
     src = torch.empty(n, device=device, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
@@ -120,9 +123,9 @@ def _bytes(x: torch.Tensor, params: int, direction: str, stats: int) -> int:
     writes dx, plus the parameters, their gradients and the saved statistics."""
     activations = x.numel() * x.element_size()
     parameters = params * 4
-    if direction == "forward":
-        return 2 * activations + 2 * parameters + stats * 4
-    return 5 * activations + 6 * parameters + 3 * stats * 4   # forward + backward
+    forward = 2 * activations + 2 * parameters + stats * 4
+    backward = 3 * activations + 4 * parameters + 2 * stats * 4
+    return {"forward": forward, "backward": backward, "forward+backward": forward + backward}[direction]
 
 
 def _cases(device: str, families: list[str], dtypes: list[str]):
@@ -157,11 +160,13 @@ def _measure(family, shape, dtype_name, device, timer, copy_gb_s):
     for provider, fn in providers.items():
         try:
             forward_ms = timer(lambda: fn(x, weight, bias, *extra))
+            y = fn(x, weight, bias, *extra)
+            backward_ms = timer(lambda: torch.autograd.grad(y, params, dy, retain_graph=True))
             total_ms = timer(lambda: torch.autograd.grad(fn(x, weight, bias, *extra), params, dy))
         except Exception as error:  # a peer that does not support a shape or dtype is reported, not fatal
             print(f"  {provider} failed on {family} {shape} {dtype_name}: {type(error).__name__}: {error}")
             continue
-        for direction, ms in (("forward", forward_ms), ("forward+backward", total_ms)):
+        for direction, ms in (("forward", forward_ms), ("backward", backward_ms), ("forward+backward", total_ms)):
             moved = _bytes(x, channels * (2 if bias is not None else 1), direction, stats)
             gb_s = moved / (ms * 1e-3) / 1e9
             rows.append(dict(device=device_name(), family=family, shape="x".join(map(str, shape)), dtype=dtype_name,
@@ -174,7 +179,8 @@ def _measure(family, shape, dtype_name, device, timer, copy_gb_s):
 
 
 def run(out: Path, families: list[str], dtypes: list[str]) -> dict:
-    """Run the benchmark and write ``<out>/<device>.{csv,json,png}``; returns the JSON document."""
+    """Run the benchmark and write ``<out>/<device>.{csv,json,png}``; returns the JSON document.
+    Derived in ``chapters/10_kernels.ipynb``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")   # before normlib.kernels imports triton
@@ -213,7 +219,7 @@ def _triton_version():
 
 def figure(document: dict):
     """Effective bandwidth of every provider, one panel per kernel family and direction, with the
-    measured copy bandwidth as a dashed line."""
+    measured copy bandwidth as a dotted line. Derived in ``chapters/10_kernels.ipynb``."""
     import matplotlib
     if not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
@@ -224,8 +230,8 @@ def figure(document: dict):
     rows = document["results"]
     families = list(dict.fromkeys(r["family"] for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    directions = ["forward", "forward+backward"]
-    fig, axes = plt.subplots(len(directions), len(families), figsize=(3.6 * len(families), 6), squeeze=False)
+    directions = ["forward", "backward", "forward+backward"]
+    fig, axes = plt.subplots(len(directions), len(families), figsize=(3.6 * len(families), 8.5), squeeze=False)
     for j, family in enumerate(families):
         for i, direction in enumerate(directions):
             ax = axes[i, j]
@@ -247,7 +253,48 @@ def figure(document: dict):
     return fig
 
 
+def goal_report(document: dict) -> list[dict]:
+    """The goals of normlib's kernels (on an H100), each with the value this document measured
+    and whether it is met: bandwidth as a share of the copy bandwidth for RMSNorm and LayerNorm
+    in bfloat16 at N >= 1024, the time ratio to the fastest installed peer and to torch eager.
+    Derived in ``chapters/10_kernels.ipynb``."""
+    rows = document["results"]
+
+    def rowwise(direction, dtype="bf16"):
+        return [r for r in rows if r["family"] in ("rms_norm", "layer_norm") and r["provider"] == "normlib"
+                and r["direction"] == direction and r["dtype"] == dtype and int(r["shape"].split("x")[1]) >= 1024]
+
+    def worst_ratio(families, direction, peers):
+        ratios = [r["normlib_speedup"] for r in rows if r["family"] in families and r["direction"] == direction
+                  and r["provider"] in peers]
+        return min(ratios) if ratios else None
+
+    peers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p not in ("normlib", "torch")]
+    goals = []
+
+    def add(goal, value, threshold):
+        goals.append({"goal": goal, "measured": value, "threshold": threshold,
+                      "met": None if value is None else value >= threshold})
+
+    share = lambda selected: min((r["percent_of_copy"] for r in selected), default=None)  # noqa: E731
+    add("RMS/LayerNorm forward, bf16, N >= 1024: lowest % of copy bandwidth", share(rowwise("forward")), 90)
+    add("RMS/LayerNorm backward, bf16, N >= 1024: lowest % of copy bandwidth", share(rowwise("backward")), 80)
+    add("RMS/LayerNorm, any N >= 1024, bf16 and fp32: lowest % of copy bandwidth",
+        share(rowwise("forward") + rowwise("backward") + rowwise("forward", "fp32") + rowwise("backward", "fp32")), 70)
+    for direction in ("forward", "backward"):
+        add(f"RMS/LayerNorm {direction}: lowest speedup over the fastest peer ({', '.join(peers) or 'none installed'})",
+            worst_ratio(("rms_norm", "layer_norm"), direction, peers), 1.0)
+    add("RMS/LayerNorm forward+backward: lowest speedup over torch eager",
+        worst_ratio(("rms_norm", "layer_norm"), "forward+backward", ["torch"]), 1.5)
+    add("GroupNorm forward+backward: lowest speedup over torch eager", worst_ratio(("group_norm",), "forward+backward", ["torch"]), 2.0)
+    add("BatchNorm training forward+backward: lowest speedup over torch eager",
+        worst_ratio(("batch_norm",), "forward+backward", ["torch"]), 1.2)
+    return goals
+
+
 def main(argv=None) -> None:
+    """The command line: ``python -m normlib.bench [--out DIR] [--families ...] [--dtypes ...]``.
+    Derived in ``chapters/10_kernels.ipynb``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for CSV, JSON and PNG")
     parser.add_argument("--families", default="rms_norm,layer_norm,group_norm,batch_norm")

@@ -41,3 +41,23 @@ def test_benchmark_rejects_unknown_options():
     result = subprocess.run([sys.executable, "-m", "normlib.bench", "--families", "softmax"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0 and "--families" in result.stderr
+
+
+def test_goal_report_checks_each_goal_against_its_threshold():
+    from normlib.bench import goal_report
+
+    def row(family, shape, direction, provider, percent, speedup, dtype="bf16"):
+        return dict(family=family, shape=shape, dtype=dtype, direction=direction, provider=provider,
+                    percent_of_copy=percent, normlib_speedup=speedup)
+    rows = [row("rms_norm", "32768x4096", "forward", "normlib", 95, 1.0),
+            row("rms_norm", "32768x256", "forward", "normlib", 40, 1.0),      # N < 1024: not part of the goal
+            row("rms_norm", "32768x4096", "backward", "normlib", 75, 1.0),
+            row("rms_norm", "32768x4096", "forward", "liger", 90, 1.2),
+            row("rms_norm", "32768x4096", "backward", "liger", 80, 0.9),
+            row("rms_norm", "32768x4096", "forward+backward", "torch", 30, 2.5),
+            row("group_norm", "32x256x56x56x32", "forward+backward", "torch", 30, 2.1)]
+    report = goal_report({"results": rows})
+    met = [g["met"] for g in report]
+    # forward 95 >= 90; backward 75 < 80; any shape 75 >= 70; forward vs liger 1.2; backward vs liger 0.9;
+    # eager 2.5 >= 1.5; group norm 2.1 >= 2; batch norm not measured
+    assert met == [True, False, True, True, False, True, True, None], report

@@ -16,7 +16,7 @@ import normlib
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = ["normlib.functional", "normlib.nn", "normlib.spectral", "normlib.gan", "normlib.scaling", "normlib.backward",
-                  "normlib.quadratic", "normlib.invariance"]
+                  "normlib.quadratic", "normlib.invariance", "normlib.kernels", "normlib.bench"]
 
 
 def test_version():

@@ -1,7 +1,7 @@
 """LayerNorm and RMSNorm over the last dimension: one Triton kernel family with an ``IS_RMS`` flag.
 
 Forward: each program normalizes ``ROWS`` rows held in registers (several rows per program when
-rows are short). Rows longer than :data:`MAX_FUSED_N` are processed in chunks: a first pass
+rows are short). Rows longer than ``MAX_FUSED_N`` elements are processed in chunks: a first pass
 merges per-chunk means and squared deviations with Chan's formula (never ``E[x^2] - E[x]^2``),
 a second pass normalizes. The statistics (``mean``, ``rstd``) are saved in float32 (float64 for
 float64 inputs) for the backward. An optional residual is added first; the sum is stored (in the
