@@ -5,6 +5,7 @@ import functools
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -46,3 +47,23 @@ def program_budget(device: torch.device) -> int:
     if device.type == "cuda":
         return PROGRAMS_PER_SM * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     return INTERPRETER_PROGRAMS
+
+
+@triton.jit
+def tile_statistics(x, mask, count):
+    """Mean and sum of squared deviations of the ``count`` masked elements of a tile (any rank).
+    The mean of the deviations is added back to the mean: zero in exact arithmetic, the rounding
+    error of the first sum in floating point (it matters when the mean is large)."""
+    mean = tl.sum(x) / count
+    mean += tl.sum(tl.where(mask, x - mean, 0.0)) / count
+    deviation = tl.where(mask, x - mean, 0.0)
+    return mean, tl.sum(deviation * deviation)
+
+
+@triton.jit
+def chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2):
+    """Merge a tile's count, mean and sum of squared deviations into the running ones
+    (Chan, Golub & LeVeque 1983): stable, unlike sums of squares."""
+    total = count + tile_count
+    delta = tile_mean - mean
+    return total, mean + delta * tile_count / total, m2 + tile_m2 + delta * delta * count * tile_count / total

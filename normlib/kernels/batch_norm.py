@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from normlib.kernels._common import accumulator_dtype, check_input, stats_dtype
+from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, stats_dtype, tile_statistics
 
 BLOCK = 1024          # elements per tile
 MAX_SPLITS = 64       # slices per channel (bounded: the second step's size does not grow with N)
@@ -39,12 +39,16 @@ def _address(index, channel, C, S):
 
 
 @triton.jit
+def _split(per_channel, per_split):
+    # this program's channel and its slice [first, last) of the channel's values
+    first = tl.program_id(1).to(tl.int64) * per_split
+    return tl.program_id(0), first, tl.minimum(first + per_split, per_channel)
+
+
+@triton.jit
 def _partial_statistics_kernel(X, Count, Mean, M2, C, S, per_channel, per_split,
                                ACC: tl.constexpr, BLOCK: tl.constexpr):
-    channel = tl.program_id(0)
-    split = tl.program_id(1)
-    first = split.to(tl.int64) * per_split
-    last = tl.minimum(first + per_split, per_channel)
+    channel, first, last = _split(per_channel, per_split)
     count = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
     m2 = tl.zeros([], dtype=ACC)
@@ -53,15 +57,9 @@ def _partial_statistics_kernel(X, Count, Mean, M2, C, S, per_channel, per_split,
         mask = index < last
         x = tl.load(X + _address(index, channel, C, S), mask=mask, other=0.0).to(ACC)
         k = tl.sum(mask.to(ACC), axis=0)
-        tile_mean = tl.sum(x, axis=0) / k
-        tile_mean += tl.sum(tl.where(mask, x - tile_mean, 0.0), axis=0) / k   # rounding error of the sum
-        deviation = tl.where(mask, x - tile_mean, 0.0)
-        total = count + k
-        delta = tile_mean - mean
-        mean += delta * k / total
-        m2 += tl.sum(deviation * deviation, axis=0) + delta * delta * count * k / total
-        count = total
-    out = channel * tl.num_programs(1) + split
+        tile_mean, tile_m2 = tile_statistics(x, mask, k)
+        count, mean, m2 = chan_merge(count, mean, m2, k, tile_mean, tile_m2)
+    out = channel * tl.num_programs(1) + tl.program_id(1)
     tl.store(Count + out, count)
     tl.store(Mean + out, mean)
     tl.store(M2 + out, m2)
@@ -71,9 +69,7 @@ def _partial_statistics_kernel(X, Count, Mean, M2, C, S, per_channel, per_split,
 def _channel_affine_kernel(X, Center, Scale, Shift, Y, C, S, per_channel, per_split,
                            ACC: tl.constexpr, BLOCK: tl.constexpr):
     # y = (x - center[c]) * scale[c] + shift[c]
-    channel = tl.program_id(0)
-    first = tl.program_id(1).to(tl.int64) * per_split
-    last = tl.minimum(first + per_split, per_channel)
+    channel, first, last = _split(per_channel, per_split)
     center = tl.load(Center + channel).to(ACC)
     scale = tl.load(Scale + channel).to(ACC)
     shift = tl.load(Shift + channel).to(ACC)
@@ -88,10 +84,7 @@ def _channel_affine_kernel(X, Center, Scale, Shift, Y, C, S, per_channel, per_sp
 @triton.jit
 def _partial_gradient_sums_kernel(DY, X, Mean, Rstd, SumDy, SumDyXhat, C, S, per_channel, per_split,
                                   ACC: tl.constexpr, BLOCK: tl.constexpr):
-    channel = tl.program_id(0)
-    split = tl.program_id(1)
-    first = split.to(tl.int64) * per_split
-    last = tl.minimum(first + per_split, per_channel)
+    channel, first, last = _split(per_channel, per_split)
     mean = tl.load(Mean + channel)
     rstd = tl.load(Rstd + channel)
     sum_dy = tl.zeros([BLOCK], dtype=ACC)
@@ -104,7 +97,7 @@ def _partial_gradient_sums_kernel(DY, X, Mean, Rstd, SumDy, SumDyXhat, C, S, per
         dy = tl.load(DY + offsets, mask=mask, other=0.0).to(ACC)
         sum_dy += dy
         sum_dy_xhat += tl.where(mask, dy * (x - mean) * rstd, 0.0)
-    out = channel * tl.num_programs(1) + split
+    out = channel * tl.num_programs(1) + tl.program_id(1)
     tl.store(SumDy + out, tl.sum(sum_dy, axis=0))
     tl.store(SumDyXhat + out, tl.sum(sum_dy_xhat, axis=0))
 
@@ -113,9 +106,7 @@ def _partial_gradient_sums_kernel(DY, X, Mean, Rstd, SumDy, SumDyXhat, C, S, per
 def _input_gradient_kernel(DY, X, Mean, Rstd, Weight, MeanDy, MeanDyXhat, DX, C, S, per_channel, per_split,
                            HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), means per channel
-    channel = tl.program_id(0)
-    first = tl.program_id(1).to(tl.int64) * per_split
-    last = tl.minimum(first + per_split, per_channel)
+    channel, first, last = _split(per_channel, per_split)
     mean = tl.load(Mean + channel)
     rstd = tl.load(Rstd + channel)
     mean_dy = tl.load(MeanDy + channel)

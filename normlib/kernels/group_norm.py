@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from normlib.kernels._common import accumulator_dtype, check_input, stats_dtype
+from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, stats_dtype, tile_statistics
 
 TILE = 4096   # elements per tile: [channels of a group (padded to a power of two)] x [positions]
 
@@ -29,14 +29,19 @@ def _tile(channels_per_group: int, positions: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _group(C, G, BLOCK_C: tl.constexpr):
+    # this program's example, the channels per group, and the group's channel indices and mask
+    n = tl.program_id(0) // G
+    per_group = C // G
+    lanes = tl.arange(0, BLOCK_C)
+    return n, per_group, (tl.program_id(0) % G) * per_group + lanes, lanes < per_group
+
+
+@triton.jit
 def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, stride_n, stride_c, stride_s, eps,
                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n = tl.program_id(0) // G
-    group = tl.program_id(0) % G
-    per_group = C // G
-    channels = group * per_group + tl.arange(0, BLOCK_C)
-    channel_mask = tl.arange(0, BLOCK_C) < per_group
+    n, per_group, channels, channel_mask = _group(C, G, BLOCK_C)
     base = n.to(tl.int64) * stride_n
     count = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
@@ -47,15 +52,8 @@ def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, stride_n, stride_c, stride_
         offsets = base + channels[:, None].to(tl.int64) * stride_c + positions[None, :].to(tl.int64) * stride_s
         x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
         k = (per_group * tl.minimum(S - start, BLOCK_S)).to(ACC)
-        tile_mean = tl.sum(tl.sum(x, axis=1), axis=0) / k
-        tile_mean += tl.sum(tl.sum(tl.where(mask, x - tile_mean, 0.0), axis=1), axis=0) / k   # rounding error of the sum
-        deviation = tl.where(mask, x - tile_mean, 0.0)
-        tile_m2 = tl.sum(tl.sum(deviation * deviation, axis=1), axis=0)
-        total = count + k
-        delta = tile_mean - mean
-        mean += delta * k / total
-        m2 += tile_m2 + delta * delta * count * k / total
-        count = total
+        tile_mean, tile_m2 = tile_statistics(x, mask, k)
+        count, mean, m2 = chan_merge(count, mean, m2, k, tile_mean, tile_m2)
     rstd = 1.0 / tl.sqrt(m2 / count + eps)
     tl.store(Mean + tl.program_id(0), mean)
     tl.store(Rstd + tl.program_id(0), rstd)
@@ -80,11 +78,7 @@ def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, stride_n, stride_c, stride_
 def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G,
                      stride_n, stride_c, stride_s, dy_stride_n, dy_stride_c, dy_stride_s,
                      HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n = tl.program_id(0) // G
-    group = tl.program_id(0) % G
-    per_group = C // G
-    channels = group * per_group + tl.arange(0, BLOCK_C)
-    channel_mask = tl.arange(0, BLOCK_C) < per_group
+    n, per_group, channels, channel_mask = _group(C, G, BLOCK_C)
     base = n.to(tl.int64) * stride_n
     dy_base = n.to(tl.int64) * dy_stride_n
     mean = tl.load(Mean + tl.program_id(0))

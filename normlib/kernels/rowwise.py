@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from normlib.kernels._common import accumulator_dtype, check_input, program_budget, stats_dtype
+from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, program_budget, stats_dtype, tile_statistics
 
 MAX_FUSED_N = 16384      # longest row held in registers; longer rows are processed in chunks
 CHUNK_N = 4096           # chunk length for long rows
@@ -94,16 +94,9 @@ def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
         if IS_RMS:
             m2 += tl.sum(x * x, axis=0)
         else:
-            # Chan et al.: merge this chunk's mean and squared deviations into the running ones
             n = tl.minimum(N - start, BLOCK_N).to(ACC)
-            chunk_mean = tl.sum(x, axis=0) / n
-            chunk_mean += tl.sum(tl.where(mask, x - chunk_mean, 0.0), axis=0) / n   # rounding error of the first sum
-            chunk_m2 = tl.sum(tl.where(mask, (x - chunk_mean) * (x - chunk_mean), 0.0), axis=0)
-            total = count + n
-            delta = chunk_mean - mean
-            mean += delta * n / total
-            m2 += chunk_m2 + delta * delta * count * n / total
-            count = total
+            chunk_mean, chunk_m2 = tile_statistics(x, mask, n)
+            count, mean, m2 = chan_merge(count, mean, m2, n, chunk_mean, chunk_m2)
     rstd = 1.0 / tl.sqrt(m2 / N + eps)
     tl.store(Rstd + row, rstd)
     if not IS_RMS:
@@ -169,6 +162,20 @@ def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, N, row
 
 
 @triton.jit
+def _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    # one chunk of a long row: its columns, mask, xhat, dy and g = gamma * dy
+    cols = start + tl.arange(0, BLOCK_N)
+    mask = cols < N
+    xhat = tl.where(mask, (tl.load(X + base + cols, mask=mask, other=0.0).to(ACC) - mean) * rstd, 0.0)
+    dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(ACC)
+    g = dy
+    if HAS_W:
+        g = dy * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+    return cols, mask, xhat, dy, g
+
+
+@triton.jit
 def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, N, rows_per_program,
                              IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                              ACC: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -193,23 +200,11 @@ def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M
         sum_g = tl.zeros([], dtype=ACC)
         sum_gx = tl.zeros([], dtype=ACC)
         for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            mask = cols < N
-            xhat = tl.where(mask, (tl.load(X + base + cols, mask=mask, other=0.0).to(ACC) - mean) * rstd, 0.0)
-            g = tl.load(DY + base + cols, mask=mask, other=0.0).to(ACC)
-            if HAS_W:
-                g = g * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+            cols, mask, xhat, dy, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
             sum_g += tl.sum(g, axis=0)
             sum_gx += tl.sum(g * xhat, axis=0)
         for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            mask = cols < N
-            xhat = tl.where(mask, (tl.load(X + base + cols, mask=mask, other=0.0).to(ACC) - mean) * rstd, 0.0)
-            dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(ACC)
-            if HAS_W:
-                g = dy * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-            else:
-                g = dy
+            cols, mask, xhat, dy, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
             correction = xhat * (sum_gx / N)
             if not IS_RMS:
                 correction += sum_g / N
