@@ -75,7 +75,7 @@ def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, stride_n, stride_c, stride_
 
 
 @triton.jit
-def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G,
+def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G, group_size,
                      stride_n, stride_c, stride_s, dy_stride_n, dy_stride_c, dy_stride_s,
                      HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     n, per_group, channels, channel_mask = _group(C, G, BLOCK_C)
@@ -103,9 +103,8 @@ def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G,
         w = tl.load(W + channels, mask=channel_mask, other=0.0).to(ACC)
     else:
         w = tl.where(channel_mask, 1.0, 0.0).to(ACC)
-    count = (per_group * S).to(ACC)
-    mean_g = tl.sum(w * sum_dy, axis=0) / count             # mean of g = gamma * dy over the group
-    mean_g_xhat = tl.sum(w * sum_dy_xhat, axis=0) / count   # mean of g * xhat
+    mean_g = tl.sum(w * sum_dy, axis=0) / group_size             # mean of g = gamma * dy over the group
+    mean_g_xhat = tl.sum(w * sum_dy_xhat, axis=0) / group_size   # mean of g * xhat
     for start in range(0, S, BLOCK_S):
         positions = start + tl.arange(0, BLOCK_S)
         mask = channel_mask[:, None] & (positions[None, :] < S)
@@ -172,6 +171,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
         block_c, block_s = _tile(c // num_groups, s)
         _backward_kernel[(n * num_groups,)](
             dy, x, weight if weight is not None else x, mean, rstd, dx, dw_partial, db_partial, c, s, num_groups,
+            c // num_groups * s,
             *_strides(x), *_strides(dy), HAS_W=weight is not None, ACC=accumulator_dtype(x.dtype),
             BLOCK_C=block_c, BLOCK_S=block_s)
     dtype = weight.dtype if weight is not None else x.dtype
