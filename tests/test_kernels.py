@@ -238,6 +238,9 @@ def test_group_norm_other_ranks_layouts_and_instance_norm():
     close(kgn.group_norm(x, 6), TF.instance_norm(x), torch.float32)        # G = C is InstanceNorm
     x2 = torch.randn(5, 6, device=DEVICE)
     close(kgn.group_norm(x2, 3), TF.group_norm(x2, 3), torch.float32)      # no spatial axes
+    one = torch.randn(4, 1, device=DEVICE, requires_grad=True)              # groups of one element
+    y, (dx,) = grads(lambda t: kgn.group_norm(t, 1), (one,), torch.ones(4, 1, device=DEVICE))
+    assert torch.equal(y, torch.zeros_like(y)) and torch.equal(dx, torch.zeros_like(dx))
     x5 = torch.randn(2, 4, 3, 3, 3, device=DEVICE).to(memory_format=torch.channels_last_3d)
     close(kgn.group_norm(x5, 2), TF.group_norm(x5, 2), torch.float32)
     permuted = torch.randn(2, 5, 4, 6, device=DEVICE).permute(0, 3, 1, 2)  # neither layout: copied first
