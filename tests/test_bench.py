@@ -32,9 +32,10 @@ def test_benchmark_writes_csv_json_and_figure(tmp_path):
         assert r["percent_of_copy"] == pytest.approx(100 * r["gb_per_s"] / document["copy_gb_per_s"], rel=1e-2)
         if r["provider"] == "normlib":
             assert r["normlib_speedup"] == 1.0
-    # each (family, shape, dtype) has both directions for each provider
+    # each (family, shape, dtype) has the three directions for each provider
     keys = {(r["family"], r["shape"], r["dtype"], r["provider"]) for r in rows}
-    assert len(rows) == 2 * len(keys)
+    assert len(rows) == 3 * len(keys)
+    assert {r["direction"] for r in rows} == {"forward", "backward", "forward+backward"}
 
 
 def test_benchmark_rejects_unknown_options():
