@@ -1,7 +1,7 @@
 """The Triton kernels against PyTorch: natively on a GPU, in Triton's interpreter on a CPU.
 
-Without CUDA, ``TRITON_INTERPRET=1`` is set while the kernel modules are imported (``triton.jit``
-reads it then) and the shapes stay small: each interpreted program costs milliseconds.
+Without CUDA, ``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton,
+and the shapes stay small: each interpreted program costs milliseconds.
 """
 
 import os
@@ -11,14 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from conftest import TOLERANCES
+
 GPU = torch.cuda.is_available()
-if not GPU:  # before triton is imported: it reads the variable then, and while kernels run
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
 if platform.system() == "Linux" and platform.machine() == "x86_64":
-    import triton  # noqa: F401, E402  (a test dependency here: its absence must fail, not skip)
+    import triton  # noqa: F401  (a test dependency here: its absence must fail, not skip)
 else:
     pytest.importorskip("triton")
+assert GPU or os.environ.get("TRITON_INTERPRET") == "1", "without a GPU the kernels need TRITON_INTERPRET=1 (conftest sets it)"
+
 from normlib import functional as F  # noqa: E402
 from normlib import kernels  # noqa: E402
 from normlib.kernels import batch_norm as kbn  # noqa: E402
@@ -26,33 +27,16 @@ from normlib.kernels import group_norm as kgn  # noqa: E402
 from normlib.kernels import rowwise  # noqa: E402
 from normlib.kernels._common import INTERPRETER_PROGRAMS  # noqa: E402
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_environment():
-    # the interpreter reads TRITON_INTERPRET while kernels run too: keep it set for this module's
-    # tests, then leave the environment as found (later tests start notebook kernels)
-    yield
-    if not GPU:
-        if previous is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
 DEVICE = "cuda" if GPU else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# (atol, rtol) against a float64 reference computed from the same rounded inputs: the kernel's
-# result is one or two roundings to the output dtype away from it
-TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2),
-             torch.float64: (1e-12, 1e-12)}
-GRAD_TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2),
-                  torch.float64: (1e-10, 1e-10)}
+# Gradients against a float64 reference on the same rounded inputs: sums over rows and a few more
+# roundings than the outputs (whose tolerances are the shared ones of conftest.py)
+GRAD_TOLERANCES = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=4e-3, rtol=4e-3),
+                   torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
 
 def close(actual, expected, dtype, grad=False):
-    atol, rtol = (GRAD_TOLERANCE if grad else TOLERANCE)[dtype]
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(actual.double(), expected.double(), **(GRAD_TOLERANCES if grad else TOLERANCES)[dtype])
 
 
 def reference_rowwise(x, weight, bias, eps, rms, residual=None):
