@@ -133,7 +133,8 @@ PHOTOS = {
 def load_photo(name: str, short_side: int | None = None) -> torch.Tensor:
     """An RGB photo as a float32 ``(3, H, W)`` tensor in [0, 1] (grey textures are repeated to
     three channels), resized with antialiasing so that its shorter side is ``short_side``.
-    ``name`` is a key of ``normlib.data.PHOTOS``. Used in ``chapters/07_adain.ipynb``."""
+    ``name`` is a key of ``normlib.data.PHOTOS``. Used in ``chapters/06_instance_norm.ipynb`` and
+    ``chapters/07_adain.ipynb``."""
     if name not in PHOTOS:
         raise ValueError(f"name: expected one of {sorted(PHOTOS)}, got {name!r}")
     if short_side is not None and (not isinstance(short_side, int) or short_side < 8):
@@ -155,6 +156,15 @@ def load_photo(name: str, short_side: int | None = None) -> torch.Tensor:
         image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", antialias=True,
                                                 align_corners=False)[0].clamp_(0, 1)
     return image
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` crop of a ``(C, H, W)`` image. Used in
+    ``chapters/06_instance_norm.ipynb`` and ``chapters/07_adain.ipynb``."""
+    if image.dim() != 3 or min(image.shape[1:]) < size:
+        raise ValueError(f"image: expected a (C, H, W) tensor with H, W >= size = {size}, got shape {tuple(image.shape)}")
+    top, left = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
+    return image[:, top:top + size, left:left + size]
 
 
 def random_crops(images: list[torch.Tensor], n: int, size: int, generator: torch.Generator,

@@ -55,6 +55,14 @@ def test_every_photo_loads_offline_as_rgb_in_unit_range(name):
     assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.01
 
 
+def test_center_crop_takes_the_middle_and_checks_the_size():
+    image = torch.arange(3 * 5 * 7, dtype=torch.float32).reshape(3, 5, 7)
+    crop = data.center_crop(image, 3)
+    assert torch.equal(crop, image[:, 1:4, 2:5])
+    with pytest.raises(ValueError, match="image"):
+        data.center_crop(image, 6)
+
+
 def test_random_crops_are_reproducible_and_come_from_the_images():
     images = [torch.arange(3 * 10 * 12, dtype=torch.float32).view(3, 10, 12), torch.zeros(3, 8, 8)]
     first = data.random_crops(images, 6, 8, torch.Generator().manual_seed(0))
