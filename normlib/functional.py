@@ -1,20 +1,22 @@
-"""Normalization functions with ``torch.nn.functional``-compatible signatures.
+"""Normalization functions with ``torch.nn.functional``-compatible signatures: normlib's public face.
 
-Each function checks its inputs (see ``normlib._checks``), then computes the
-normalization in a readable reference path:
+Each function checks its arguments once (:mod:`normlib._validation`) and then takes the fastest
+path that computes the same function:
 
-* statistics are computed in float32 for float16/bfloat16 inputs (in the input dtype
-  otherwise) and the result is cast back to the input dtype;
-* variances come from :func:`torch.var_mean`, a numerically stable (Welford / two-pass)
-  reduction, never from ``E[x^2] - E[x]^2`` on the raw input.
+* CUDA tensors: the fused Triton kernels of :mod:`normlib.kernels`, when
+  :func:`normlib.kernels.available` is true;
+* CPU tensors: torch's native op where its numerics are normlib's (float32 statistics for
+  half-precision inputs, a stable variance, in the forward and the backward pass): every op for
+  float32/float64 inputs, and RMSNorm and GroupNorm for half-precision ones. torch's CPU
+  BatchNorm and InstanceNorm lose accuracy on half-precision inputs with a large mean, and its
+  CPU LayerNorm backward on half-precision inputs gets weight and bias gradients 5-10x less
+  accurate than float32 accumulation (``tests/test_conformance.py`` measures both), so those
+  take the reference path;
+* everything else (empty inputs, the ops torch does not have): :mod:`normlib.reference`.
 
-CUDA tensors go to the fused Triton kernels of :mod:`normlib.kernels` instead (batch, layer,
-RMS, group and instance norm) when :func:`normlib.kernels.available` is true; they compute the
-same function, checked against this path by ``tests/test_kernels.py``.
-
-Notation (the book's): an input of shape ``(N, C, *)``; ``mu`` and ``sigma^2`` the mean and
-biased variance over the reduced axes; ``eps`` added inside the square root; ``gamma``
-(``weight``) and ``beta`` (``bias``) the optional affine parameters.
+``tests/test_conformance.py`` checks every path against the reference. Notation (the book's):
+an input of shape ``(N, C, *)``; ``mu`` and ``sigma^2`` the mean and biased variance over the
+reduced axes; ``eps`` inside the square root; ``gamma`` (``weight``) and ``beta`` (``bias``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from normlib import _checks as C
-from normlib import kernels
+from normlib import _validation as V
+from normlib import kernels, reference
 
 __all__ = [
     "batch_norm",
@@ -41,41 +42,8 @@ __all__ = [
     "l2_normalize",
 ]
 
-
-def _stats_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision inputs, the input dtype otherwise."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-def _standardize(x: torch.Tensor, dims, eps: float):
-    """Return ``(x - mu) / sqrt(sigma^2 + eps)`` in the statistics dtype, and mu, sigma^2."""
-    xs = x.to(_stats_dtype(x))
-    var, mean = torch.var_mean(xs, dim=dims, keepdim=True, correction=0)
-    return (xs - mean) * torch.rsqrt(var + eps), mean, var
-
-
-def _channel_view(p: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Reshape a per-channel vector (C,) to broadcast against an (N, C, *) tensor."""
-    return p.view(1, -1, *([1] * (ndim - 2)))
-
-
-def _affine(y: torch.Tensor, weight, bias, view=lambda p: p) -> torch.Tensor:
-    if weight is not None:
-        y = y * view(weight).to(y.dtype)
-    if bias is not None:
-        y = y + view(bias).to(y.dtype)
-    return y
-
-
-def _check_same_device(x: torch.Tensor, name: str, other: torch.Tensor) -> None:
-    if other.device != x.device:
-        raise ValueError(f"{name}: expected a tensor on {x.device} like the input, got one on {other.device}")
-
-
-def _check_per_channel(input: torch.Tensor, **params) -> None:
-    """Each given per-channel tensor must have shape (C,) and sit on the input's device."""
-    for name, p in params.items():
-        C.check_param(p, name, (input.shape[1],), input)
+_HALF = (torch.float16, torch.bfloat16)
+_SHAPES = (tuple, torch.Size)
 
 
 def _use_kernels(input: torch.Tensor) -> bool:
@@ -83,11 +51,54 @@ def _use_kernels(input: torch.Tensor) -> bool:
     return input.is_cuda and kernels.available()
 
 
-def _update_running(running: torch.Tensor | None, batch_stat: torch.Tensor, momentum: float) -> None:
-    """``running = (1 - momentum) * running + momentum * batch_stat``, in place, without grad."""
-    if running is not None:
-        with torch.no_grad():
-            running.mul_(1 - momentum).add_(batch_stat.detach().to(running.dtype), alpha=momentum)
+def _native(op, check, check_args, *args):
+    """torch's native CPU op, which checks shapes and devices itself (so the fast path does not
+    check them twice); if it refuses the arguments, ``check(*check_args)`` raises normlib's error
+    naming the argument, and torch's own error stands if ``check`` finds nothing wrong."""
+    try:
+        return op(*args)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        check(*check_args)
+        raise
+
+
+def _native_cpu(input, eps, params=(), *, half_ok: bool = True) -> bool:
+    """Whether torch's native CPU op computes what the reference does: a non-empty CPU input, a
+    positive float ``eps``, parameters all of the input's dtype or all float32 beside a
+    half-precision input (torch's mixed-dtype kernels); ``half_ok=False`` for ops whose
+    half-precision CPU path is less accurate. False whenever in doubt, so that the validating
+    path decides (and raises normlib's errors). It runs on every call, so it is written for speed:
+    the common case (parameters of the input's dtype) costs one comparison per parameter."""
+    if eps.__class__ is not float or not 0.0 < eps < math.inf:
+        return False
+    try:
+        if not input.is_cpu or not input.numel():
+            return False
+        dtype = input.dtype
+        if dtype is not torch.float32 and dtype is not torch.float64 and (dtype not in _HALF or not half_ok):
+            return False
+        for p in params:
+            if p is not None and p.dtype is not dtype:
+                return _mixed_dtypes_ok(dtype, params)
+    except AttributeError:  # not a tensor
+        return False
+    return True
+
+
+def _mixed_dtypes_ok(dtype: torch.dtype, params) -> bool:
+    """torch's mixed-dtype CPU kernels: float32 parameters (all of them) beside a half input."""
+    return dtype in _HALF and all(p is None or (isinstance(p, torch.Tensor) and p.dtype is torch.float32)
+                                  for p in params)
+
+
+def _check_per_channel_norm(input, min_dim, running_mean, running_var, weight, bias) -> None:
+    """The input and per-channel tensors of BatchNorm and InstanceNorm."""
+    V.check_tensor(input, "input", min_dim=min_dim)
+    V.check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+
+
+def _momentum_ok(momentum) -> bool:
+    return type(momentum) is float and 0.0 <= momentum <= 1.0
 
 
 def batch_norm(
@@ -107,44 +118,35 @@ def batch_norm(
     ``running = (1 - momentum) * running + momentum * batch_stat``, where the variance
     stored is the unbiased one (as in PyTorch). In evaluation mode the running statistics
     are used instead. Same signature and semantics as
-    :func:`torch.nn.functional.batch_norm`; the module :class:`normlib.nn.BatchNorm1d`
-    adds ``momentum=None`` (a cumulative average).
+    :func:`torch.nn.functional.batch_norm`, an empty batch included; the module
+    :class:`normlib.nn.BatchNorm1d` adds ``momentum=None`` (a cumulative average).
 
     Derived in ``chapters/02_batch_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=2)
-    _check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    C.check_eps(eps)
-    C.check_momentum(momentum)
-    dims = [0, *range(2, input.dim())]
-    if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("running_mean, running_var: expected tensors in evaluation mode (training=False), got None")
-        if _use_kernels(input):
-            from normlib.kernels.batch_norm import batch_norm_inference
-            return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
-        sd = _stats_dtype(input)
-        mean = _channel_view(running_mean.to(sd), input.dim())
-        var = _channel_view(running_var.to(sd), input.dim())
-        y = (input.to(sd) - mean) * torch.rsqrt(var + eps)
-    else:
-        count = input.numel() // input.shape[1]
-        if count <= 1:
-            raise ValueError(
-                f"input: expected more than 1 value per channel when training, got input of shape "
-                f"{tuple(input.shape)} (use a batch of at least 2, or evaluation mode)"
-            )
-        if _use_kernels(input):
-            from normlib.kernels.batch_norm import batch_norm_training
-            y, mean, var = batch_norm_training(input, weight, bias, eps)
-            _update_running(running_mean, mean, momentum)
-            _update_running(running_var, var * (count / (count - 1)), momentum)  # unbiased
-            return y
-        y, mean, var = _standardize(input, dims, eps)
-        _update_running(running_mean, mean.flatten(), momentum)
-        _update_running(running_var, var.flatten() * (count / (count - 1)), momentum)  # unbiased
-    view = lambda p: _channel_view(p, input.dim())  # noqa: E731
-    return _affine(y, weight, bias, view).to(input.dtype)
+    params = (running_mean, running_var, weight, bias)
+    if (_native_cpu(input, eps, params, half_ok=False) and _momentum_ok(momentum) and input.dim() >= 2
+            and (training or running_mean is not None and running_var is not None)):
+        if training:
+            V.check_values_per_channel(input, input.numel() // input.shape[1])
+        return _native(torch.batch_norm, _check_per_channel_norm, (input, 2, *params), input, weight, bias,
+                       running_mean, running_var, training, momentum, eps, False)
+    V.check_eps(eps)
+    V.check_momentum(momentum)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean, running_var: expected tensors in evaluation mode (training=False), got None")
+    _check_per_channel_norm(input, 2, *params)
+    count = input.numel() // input.shape[1] if input.shape[1] else 0
+    if training:
+        V.check_values_per_channel(input, count)
+    if _use_kernels(input) and input.numel():
+        from normlib.kernels import batch_norm as kernel
+        if not training:
+            return kernel.batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
+        y, mean, var = kernel.batch_norm_training(input, weight, bias, eps)
+        reference._update_running(running_mean, mean, momentum)
+        reference._update_running(running_var, reference._unbiased(var, count), momentum)
+        return y
+    return reference.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def ghost_batch_norm(
@@ -167,23 +169,23 @@ def ghost_batch_norm(
 
     Derived in ``chapters/02_batch_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=2)
-    C.check_positive_int(ghost_batch_size, "ghost_batch_size")
+    V.check_tensor(input, "input", min_dim=2)
+    V.check_positive_int(ghost_batch_size, "ghost_batch_size")
     if not training:
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
     chunks = input.split(ghost_batch_size)
     means, variances = [], []
     outputs = []
     for chunk in chunks:
-        chunk_mean = torch.zeros(input.shape[1], dtype=_stats_dtype(input), device=input.device)
+        chunk_mean = torch.zeros(input.shape[1], dtype=V.stats_dtype(input.dtype), device=input.device)
         chunk_var = torch.ones_like(chunk_mean)
         # With momentum 1, batch_norm writes the chunk's mean and unbiased variance into these
         # buffers; it also rejects a chunk with one value per channel.
         outputs.append(batch_norm(chunk, chunk_mean, chunk_var, weight, bias, True, 1.0, eps))
         means.append(chunk_mean)
         variances.append(chunk_var)
-    _update_running(running_mean, torch.stack(means).mean(0), momentum)
-    _update_running(running_var, torch.stack(variances).mean(0), momentum)
+    reference._update_running(running_mean, torch.stack(means).mean(0), momentum)
+    reference._update_running(running_var, torch.stack(variances).mean(0), momentum)
     return torch.cat(outputs)
 
 
@@ -205,20 +207,38 @@ def mixed_batch_norm(
 
     Derived in ``chapters/02_batch_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=2)
-    _check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    V.check_tensor(input, "input", min_dim=2)
+    V.check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean, running_var: expected tensors, got None")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
-    C.check_eps(eps)
-    sd = _stats_dtype(input)
-    dims = [0, *range(2, input.dim())]
-    batch_var, batch_mean = torch.var_mean(input.to(sd), dim=dims, correction=0)
+    V.check_number(alpha, "alpha", 0, 1)
+    V.check_eps(eps)
+    sd = V.stats_dtype(input.dtype)
+    batch_var, batch_mean = torch.var_mean(input.to(sd), dim=V.batch_axes(input.dim()), correction=0)
     pop_mean, pop_var = running_mean.to(sd), running_var.to(sd)
     mean = alpha * batch_mean + (1 - alpha) * pop_mean
     var = alpha * batch_var + (1 - alpha) * pop_var + alpha * (1 - alpha) * (batch_mean - pop_mean) ** 2
-    return batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+    # the mixed statistics depend on the batch, so gradients flow through them: the reference path
+    return reference.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+
+
+
+def _trailing_arguments(input, normalized_shape, weight=None, bias=None) -> tuple[int, ...]:
+    """Check the input and the per-feature tensors of a norm over the trailing axes; return
+    ``normalized_shape`` as a tuple."""
+    V.check_tensor(input, "input")
+    shape = V.normalized_shape_tuple(normalized_shape)
+    V.check_trailing_shape(input, shape)
+    V.check_param(weight, "weight", shape, input)
+    V.check_param(bias, "bias", shape, input)
+    return shape
+
+
+def _over_flattened_trailing_axes(norm, input, shape, *params, **kwargs) -> torch.Tensor:
+    """Apply a norm over the last axis to ``input`` with its trailing ``shape`` axes flattened into one."""
+    n = math.prod(shape)
+    flat = input.reshape(*input.shape[: input.dim() - len(shape)], n)
+    return norm(flat, *(p.reshape(n) if p is not None else None for p in params), **kwargs).reshape(input.shape)
 
 
 def layer_norm(
@@ -235,25 +255,16 @@ def layer_norm(
 
     Derived in ``chapters/03_layer_norm.ipynb``.
     """
-    C.check_tensor(input, "input")
-    shape = C.normalized_shape_tuple(normalized_shape)
-    C.check_trailing_shape(input, shape)
-    C.check_param(weight, "weight", shape, input)
-    C.check_param(bias, "bias", shape, input)
-    C.check_eps(eps)
-    if _use_kernels(input):
-        from normlib.kernels.rowwise import layer_norm as fused_layer_norm
-        return _over_flattened_trailing_axes(fused_layer_norm, input, shape, weight, bias, eps=eps)
-    dims = tuple(range(-len(shape), 0))
-    y, _, _ = _standardize(input, dims, eps)
-    return _affine(y, weight, bias).to(input.dtype)
-
-
-def _over_flattened_trailing_axes(norm, input, shape, *params, **kwargs) -> torch.Tensor:
-    """Apply a norm over the last axis to ``input`` with its trailing ``shape`` axes flattened into one."""
-    n = math.prod(shape)
-    flat = input.reshape(*input.shape[: input.dim() - len(shape)], n)
-    return norm(flat, *(p.reshape(n) if p is not None else None for p in params), **kwargs).reshape(input.shape)
+    shape = (normalized_shape,) if type(normalized_shape) is int else normalized_shape
+    if type(shape) in _SHAPES and _native_cpu(input, eps, (weight, bias), half_ok=False):
+        return _native(torch.layer_norm, _trailing_arguments, (input, normalized_shape, weight, bias), input, shape,
+                       weight, bias, eps, False)
+    V.check_eps(eps)
+    shape = _trailing_arguments(input, normalized_shape, weight, bias)
+    if _use_kernels(input) and input.numel():
+        from normlib.kernels import rowwise
+        return _over_flattened_trailing_axes(rowwise.layer_norm, input, shape, weight, bias, eps=eps)
+    return reference.layer_norm(input, shape, weight, bias, eps)
 
 
 def rms_norm(
@@ -266,54 +277,43 @@ def rms_norm(
 
     LayerNorm without re-centering. ``eps`` sits inside the square root, as in
     :func:`torch.nn.functional.rms_norm`; ``eps=None`` means ``torch.finfo(input.dtype).eps``
-    (PyTorch's default).
+    (PyTorch's default, and normlib's everywhere: modules, kernels and the book's backward).
 
     Derived in ``chapters/04_rms_norm.ipynb``.
     """
-    shape, eps = _rms_arguments(input, normalized_shape, weight, eps)
-    if _use_kernels(input):
-        from normlib.kernels.rowwise import rms_norm as fused_rms_norm
-        return _over_flattened_trailing_axes(fused_rms_norm, input, shape, weight, eps=eps)
-    dims = tuple(range(-len(shape), 0))
-    xs = input.to(_stats_dtype(input))
-    y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
-    return _affine(y, weight, None).to(input.dtype)
-
-
-def _rms_arguments(input, normalized_shape, weight, eps) -> tuple[tuple[int, ...], float]:
-    """Check the arguments shared by the RMSNorm variants; ``eps=None`` becomes the dtype's machine epsilon."""
-    C.check_tensor(input, "input")
-    shape = C.normalized_shape_tuple(normalized_shape)
-    C.check_trailing_shape(input, shape)
-    C.check_param(weight, "weight", shape, input)
-    C.check_eps(eps, allow_none=True)
-    return shape, torch.finfo(input.dtype).eps if eps is None else eps
+    shape = (normalized_shape,) if type(normalized_shape) is int else normalized_shape
+    # torch's CPU kernel applies the gain in float32 before rounding, as the reference does,
+    # when input and weight share a dtype (with mixed dtypes it falls back to a slower composite)
+    if (type(shape) in _SHAPES and _native_cpu(input, 1.0 if eps is None else eps, (weight,))
+            and (weight is None or weight.dtype is input.dtype)):
+        return _native(torch.rms_norm, _trailing_arguments, (input, normalized_shape, weight), input, shape, weight,
+                       eps)
+    V.check_eps(eps, allow_none=True)
+    shape = _trailing_arguments(input, normalized_shape, weight)
+    if _use_kernels(input) and input.numel():
+        from normlib.kernels import rowwise
+        return _over_flattened_trailing_axes(rowwise.rms_norm, input, shape, weight, eps=eps)
+    return reference.rms_norm(input, shape, weight, eps)
 
 
 def partial_rms_norm(
     input: torch.Tensor,
     normalized_shape,
-    p: float,
+    fraction: float,
     weight: torch.Tensor | None = None,
     eps: float | None = None,
 ) -> torch.Tensor:
     """pRMSNorm (Zhang & Sennrich 2019): RMSNorm whose root mean square is estimated from
-    the first ``ceil(p * n)`` of the ``n`` normalized features (flattened in row-major
-    order), ``0 < p <= 1``; ``p = 1`` is :func:`rms_norm`. All features are then divided by
-    that estimate.
+    the first ``ceil(fraction * n)`` of the ``n`` normalized features (flattened in row-major
+    order), ``0 < fraction <= 1``; ``fraction = 1`` is :func:`rms_norm`. All features are then
+    divided by that estimate.
 
     Derived in ``chapters/04_rms_norm.ipynb``.
     """
-    shape, eps = _rms_arguments(input, normalized_shape, weight, eps)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ValueError(f"p: expected a fraction in (0, 1], got {p!r}")
-    n = math.prod(shape)
-    k = max(1, math.ceil(p * n))
-    xs = input.to(_stats_dtype(input))
-    flat = xs.reshape(*input.shape[: input.dim() - len(shape)], n)
-    mean_square = flat[..., :k].square().mean(dim=-1, keepdim=True)
-    y = (flat * torch.rsqrt(mean_square + eps)).reshape(input.shape)
-    return _affine(y, weight, None).to(input.dtype)
+    shape = _trailing_arguments(input, normalized_shape, weight)
+    V.check_eps(eps, allow_none=True)
+    V.check_number(fraction, "fraction", 0, 1, open_low=True)
+    return reference.partial_rms_norm(input, shape, fraction, weight, eps)
 
 
 def group_norm(
@@ -329,24 +329,24 @@ def group_norm(
 
     Derived in ``chapters/05_group_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=2)
-    C.check_positive_int(num_groups, "num_groups")
+    if type(num_groups) is int and num_groups > 0 and _native_cpu(input, eps, (weight, bias)):
+        return _native(torch.group_norm, _check_group_norm, (input, num_groups, weight, bias), input, num_groups,
+                       weight, bias, eps, False)
+    V.check_eps(eps)
+    _check_group_norm(input, num_groups, weight, bias)
+    if _use_kernels(input) and input.numel():
+        from normlib.kernels import group_norm as kernel
+        return kernel.group_norm(input, num_groups, weight, bias, eps)
+    return reference.group_norm(input, num_groups, weight, bias, eps)
+
+
+def _check_group_norm(input, num_groups, weight, bias) -> None:
+    V.check_positive_int(num_groups, "num_groups")
+    V.check_tensor(input, "input", min_dim=2)
     channels = input.shape[1]
     if channels % num_groups != 0:
-        raise ValueError(
-            f"num_groups: expected a divisor of the number of channels {channels}, got {num_groups}"
-        )
-    _check_per_channel(input, weight=weight, bias=bias)
-    C.check_eps(eps)
-    if _use_kernels(input):
-        from normlib.kernels.group_norm import group_norm as fused_group_norm
-        return fused_group_norm(input, num_groups, weight, bias, eps)
-    n = input.shape[0]
-    grouped = input.reshape(n, num_groups, -1)
-    y, _, _ = _standardize(grouped, -1, eps)
-    y = y.reshape(input.shape)
-    view = lambda p: _channel_view(p, input.dim())  # noqa: E731
-    return _affine(y, weight, bias, view).to(input.dtype)
+        raise ValueError(f"num_groups: expected a divisor of the number of channels {channels}, got {num_groups}")
+    V.check_per_channel(input, weight=weight, bias=bias)
 
 
 def instance_norm(
@@ -366,30 +366,24 @@ def instance_norm(
 
     Derived in ``chapters/06_instance_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=3)
-    _check_per_channel(input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    C.check_eps(eps)
-    C.check_momentum(momentum)
-    dims = tuple(range(2, input.dim()))
-    view = lambda p: _channel_view(p, input.dim())  # noqa: E731
-    if not use_input_stats:
-        if running_mean is None or running_var is None:
+    params = (running_mean, running_var, weight, bias)
+    native = (_native_cpu(input, eps, params, half_ok=False) and _momentum_ok(momentum) and input.dim() >= 3
+              and (use_input_stats or running_mean is not None and running_var is not None))
+    if not native:
+        V.check_eps(eps)
+        V.check_momentum(momentum)
+        if not use_input_stats and (running_mean is None or running_var is None):
             raise ValueError("running_mean, running_var: expected tensors when use_input_stats=False, got None")
-        sd = _stats_dtype(input)
-        y = (input.to(sd) - view(running_mean.to(sd))) * torch.rsqrt(view(running_var.to(sd)) + eps)
-        return _affine(y, weight, bias, view).to(input.dtype)
-    count = input[0, 0].numel()
-    if count <= 1:
-        raise ValueError(
-            f"input: expected more than 1 spatial element per channel, got input of shape {tuple(input.shape)}"
-        )
-    if _use_kernels(input) and running_mean is None and running_var is None:
-        from normlib.kernels.group_norm import group_norm as fused_group_norm
-        return fused_group_norm(input, input.shape[1], weight, bias, eps)   # one channel per group
-    y, mean, var = _standardize(input, dims, eps)
-    _update_running(running_mean, mean.flatten(1).mean(0), momentum)
-    _update_running(running_var, (var.flatten(1) * (count / (count - 1))).mean(0), momentum)
-    return _affine(y, weight, bias, view).to(input.dtype)
+        _check_per_channel_norm(input, 3, *params)
+    if use_input_stats:
+        V.check_values_per_channel(input, math.prod(input.shape[2:]), "spatial element per channel")
+    if native:
+        return _native(torch.instance_norm, _check_per_channel_norm, (input, 3, *params), input, weight, bias,
+                       running_mean, running_var, use_input_stats, momentum, eps, False)
+    if use_input_stats and _use_kernels(input) and input.numel() and running_mean is None and running_var is None:
+        from normlib.kernels import group_norm as kernel
+        return kernel.group_norm(input, input.shape[1], weight, bias, eps)   # one channel per group
+    return reference.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
 
 
 def local_response_norm(
@@ -402,17 +396,10 @@ def local_response_norm(
 
     Described in ``chapters/00_introduction.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=3)
-    C.check_positive_int(size, "size")
-    if not isinstance(k, (int, float)) or k < 0:
-        raise ValueError(f"k: expected a non-negative number, got {k!r}")
-    xs = input.to(_stats_dtype(input))
-    squares = xs.square()
-    # F.pad lists (before, after) pairs from the last dimension backwards; only the
-    # channel axis (dim 1) is padded.
-    pad = [0, 0] * (input.dim() - 2) + [size // 2, (size - 1) // 2]
-    window_sum = F.pad(squares, pad).unfold(1, size, 1).sum(-1)
-    return (xs / (k + alpha / size * window_sum).pow(beta)).to(input.dtype)
+    V.check_tensor(input, "input", min_dim=3)
+    V.check_positive_int(size, "size")
+    V.check_number(k, "k", 0)
+    return reference.local_response_norm(input, size, alpha, beta, k)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -425,10 +412,10 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
 
     Derived in ``chapters/07_adain.ipynb``.
     """
-    C.check_tensor(content, "content", min_dim=3)
-    C.check_tensor(style, "style", min_dim=3)
-    C.check_eps(eps)
-    _check_same_device(content, "style", style)
+    V.check_tensor(content, "content", min_dim=3)
+    V.check_tensor(style, "style", min_dim=3)
+    V.check_eps(eps)
+    V.check_same_device(style, "style", content, "the content")
     if style.dim() != content.dim() or style.shape[1] != content.shape[1]:
         raise ValueError(
             f"style: expected {content.dim()} dimensions and {content.shape[1]} channels like the content, "
@@ -436,15 +423,9 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
         )
     if style.shape[0] not in (1, content.shape[0]):
         raise ValueError(f"style: expected batch size 1 or {content.shape[0]}, got {style.shape[0]}")
-    dims = tuple(range(2, content.dim()))
     for name, t in (("content", content), ("style", style)):
-        if t[0, 0].numel() <= 1:
-            raise ValueError(f"{name}: expected more than 1 spatial element per channel, got shape {tuple(t.shape)}")
-    normalized, _, _ = _standardize(content, dims, eps)
-    ys = style.to(_stats_dtype(style))
-    style_var, style_mean = torch.var_mean(ys, dim=dims, keepdim=True, correction=0)
-    out = normalized * torch.sqrt(style_var + eps).to(normalized.dtype) + style_mean.to(normalized.dtype)
-    return out.to(content.dtype)
+        V.check_values_per_channel(t, math.prod(t.shape[2:]), "spatial element per channel")
+    return reference.adain(content, style, eps)
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
@@ -455,10 +436,8 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
 
     Derived in ``chapters/09_ngpt.ipynb``.
     """
-    C.check_tensor(x, "x")
-    C.check_eps(eps)
-    if not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+    V.check_tensor(x, "x")
+    V.check_eps(eps)
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim: expected an int in [{-x.dim()}, {x.dim() - 1}], got {dim!r}")
-    xs = x.to(_stats_dtype(x))
-    norm = torch.linalg.vector_norm(xs, dim=dim, keepdim=True)
-    return (xs / norm.clamp_min(eps)).to(x.dtype)
+    return reference.l2_normalize(x, dim, eps)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normlib import _checks as C
-from normlib import functional as F
+from normlib import _validation as V
+from normlib import functional as NF
 from normlib.distributed import sync_batch_norm
 
 __all__ = [
@@ -32,10 +32,10 @@ class _PerChannelNorm(nn.Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  device=None, dtype=None, *, bias=True):
         super().__init__()
-        C.check_positive_int(num_features, "num_features")
-        C.check_eps(eps)
+        V.check_positive_int(num_features, "num_features")
+        V.check_eps(eps)
         if momentum is not None:
-            C.check_momentum(momentum)
+            V.check_momentum(momentum)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         factory = {"device": device, "dtype": dtype}
@@ -64,21 +64,25 @@ class _PerChannelNorm(nn.Module):
                 nn.init.zeros_(self.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        C.check_tensor(x, "input")
+        V.check_tensor(x, "input")
         if x.dim() not in self._input_dims:
             raise ValueError(
                 f"input: expected {' or '.join(map(str, self._input_dims))}D input to "
                 f"{type(self).__name__}, got shape {tuple(x.shape)}"
             )
 
-    def _averaging_factor(self) -> float:
-        """Momentum for this step; ``momentum=None`` gives a cumulative moving average."""
-        factor = 0.0 if self.momentum is None else self.momentum
+    def _count_batch(self) -> None:
+        """Count a training batch (torch counts them whether or not momentum uses the count)."""
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        return factor
+
+    def _running_average_factor(self) -> float:
+        """The momentum of this step's running-statistics update; ``momentum=None`` gives a
+        cumulative moving average, 1 / (batches counted so far)."""
+        if self.momentum is None:
+            tracked = float(self.num_batches_tracked) if self.track_running_stats else 0.0
+            return 1.0 / tracked if self.training and tracked > 0 else 0.0
+        return self.momentum
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -98,27 +102,27 @@ class _BatchNorm(_PerChannelNorm):
     def __init__(self, *args, ghost_batch_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if ghost_batch_size is not None:
-            C.check_positive_int(ghost_batch_size, "ghost_batch_size")
+            V.check_positive_int(ghost_batch_size, "ghost_batch_size")
         self.ghost_batch_size = ghost_batch_size
         self.inference_alpha = 0.0
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
-        if input.shape[1] != self.num_features:
-            raise ValueError(f"input: expected {self.num_features} channels in dim 1, got shape {tuple(input.shape)}")
-        factor = self._averaging_factor()
+        V.check_channels(input, self.num_features)
+        self._count_batch()
+        factor = self._running_average_factor()
         # Batch statistics in training mode, and in eval mode when no running stats exist.
         use_batch_stats = self.training or self.running_mean is None
         keep_running = not self.training or self.track_running_stats
         running_mean = self.running_mean if keep_running else None
         running_var = self.running_var if keep_running else None
         if not use_batch_stats and self.inference_alpha > 0:
-            return F.mixed_batch_norm(input, running_mean, running_var, self.inference_alpha,
+            return NF.mixed_batch_norm(input, running_mean, running_var, self.inference_alpha,
                                       self.weight, self.bias, self.eps)
         if use_batch_stats and self.ghost_batch_size is not None:
-            return F.ghost_batch_norm(input, self.ghost_batch_size, running_mean, running_var,
+            return NF.ghost_batch_norm(input, self.ghost_batch_size, running_mean, running_var,
                                       self.weight, self.bias, True, factor, self.eps)
-        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+        return NF.batch_norm(input, running_mean, running_var, self.weight, self.bias,
                             use_batch_stats, factor, self.eps)
 
     def extra_repr(self) -> str:
@@ -157,13 +161,13 @@ class SyncBatchNorm(_PerChannelNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
-        if input.shape[1] != self.num_features:
-            raise ValueError(f"input: expected {self.num_features} channels in dim 1, got shape {tuple(input.shape)}")
-        factor = self._averaging_factor()
+        V.check_channels(input, self.num_features)
+        self._count_batch()
+        factor = self._running_average_factor()
         if not self.training and self.running_mean is not None:
-            return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, factor, self.eps)
+            return NF.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, factor, self.eps)
         if not self.training:  # no running statistics: the batch's own, as torch does (not synchronized)
-            return F.batch_norm(input, None, None, self.weight, self.bias, True, factor, self.eps)
+            return NF.batch_norm(input, None, None, self.weight, self.bias, True, factor, self.eps)
         keep = self.track_running_stats
         return sync_batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
                                self.weight, self.bias, factor, self.eps, self.process_group)
@@ -199,7 +203,7 @@ class _InstanceNorm(_PerChannelNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        C.check_tensor(input, "input")
+        V.check_tensor(input, "input")
         batched = input.dim() == self._input_dims[-1]
         if not batched and input.dim() != self._input_dims[0]:
             raise ValueError(
@@ -207,11 +211,11 @@ class _InstanceNorm(_PerChannelNorm):
                 f"{type(self).__name__}, got shape {tuple(input.shape)}"
             )
         x = input if batched else input.unsqueeze(0)
-        if self.affine and x.shape[1] != self.num_features:
-            raise ValueError(f"input: expected {self.num_features} channels in dim 1, got shape {tuple(x.shape)}")
+        if self.affine or self.track_running_stats:
+            V.check_channels(x, self.num_features)
         # As in torch: InstanceNorm does not count batches, and momentum=None freezes the stats.
         factor = 0.0 if self.momentum is None else self.momentum
-        out = F.instance_norm(
+        out = NF.instance_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias,
             self.training or not self.track_running_stats, factor, self.eps,
         )
@@ -238,8 +242,8 @@ class LayerNorm(nn.Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
         super().__init__()
-        self.normalized_shape = C.normalized_shape_tuple(normalized_shape)
-        C.check_eps(eps)
+        self.normalized_shape = V.normalized_shape_tuple(normalized_shape)
+        V.check_eps(eps)
         self.eps, self.elementwise_affine = eps, elementwise_affine
         factory = {"device": device, "dtype": dtype}
         weight = nn.Parameter(torch.ones(self.normalized_shape, **factory)) if elementwise_affine else None
@@ -248,7 +252,7 @@ class LayerNorm(nn.Module):
         self.register_parameter("bias", bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -258,29 +262,29 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """Root-mean-square normalization (Zhang & Sennrich 2019); same API as
     :class:`torch.nn.RMSNorm` (``eps=None`` means the input dtype's machine epsilon), plus
-    ``partial=p`` (keyword) for pRMSNorm, the RMS estimated from the first ``p`` fraction of
-    the features. Derived in ``chapters/04_rms_norm.ipynb``."""
+    ``partial_fraction=f`` (keyword) for pRMSNorm, the RMS estimated from the first fraction ``f``
+    of the features. Derived in ``chapters/04_rms_norm.ipynb``."""
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None, *,
-                 partial: float | None = None):
+                 partial_fraction: float | None = None):
         super().__init__()
-        self.normalized_shape = C.normalized_shape_tuple(normalized_shape)
-        C.check_eps(eps, allow_none=True)
-        if partial is not None and (isinstance(partial, bool) or not 0 < partial <= 1):
-            raise ValueError(f"partial: expected a fraction in (0, 1] or None, got {partial!r}")
-        self.eps, self.elementwise_affine, self.partial = eps, elementwise_affine, partial
+        self.normalized_shape = V.normalized_shape_tuple(normalized_shape)
+        V.check_eps(eps, allow_none=True)
+        if partial_fraction is not None:
+            V.check_number(partial_fraction, "partial_fraction", 0, 1, open_low=True)
+        self.eps, self.elementwise_affine, self.partial_fraction = eps, elementwise_affine, partial_fraction
         if elementwise_affine:
             self.weight = nn.Parameter(torch.ones(self.normalized_shape, device=device, dtype=dtype))
         else:
             self.register_parameter("weight", None)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.partial is not None:
-            return F.partial_rms_norm(input, self.normalized_shape, self.partial, self.weight, self.eps)
-        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+        if self.partial_fraction is not None:
+            return NF.partial_rms_norm(input, self.normalized_shape, self.partial_fraction, self.weight, self.eps)
+        return NF.rms_norm(input, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        partial = f", partial={self.partial}" if self.partial is not None else ""
+        partial = f", partial_fraction={self.partial_fraction}" if self.partial_fraction is not None else ""
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}{partial}"
 
 
@@ -290,21 +294,20 @@ class GroupNorm(nn.Module):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
         super().__init__()
-        C.check_positive_int(num_groups, "num_groups")
-        C.check_positive_int(num_channels, "num_channels")
+        V.check_positive_int(num_groups, "num_groups")
+        V.check_positive_int(num_channels, "num_channels")
         if num_channels % num_groups != 0:
             raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, got {num_groups}")
-        C.check_eps(eps)
+        V.check_eps(eps)
         self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
         factory = {"device": device, "dtype": dtype}
         self.register_parameter("weight", nn.Parameter(torch.ones(num_channels, **factory)) if affine else None)
         self.register_parameter("bias", nn.Parameter(torch.zeros(num_channels, **factory)) if affine and bias else None)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        C.check_tensor(input, "input", min_dim=2)
-        if input.shape[1] != self.num_channels:
-            raise ValueError(f"input: expected {self.num_channels} channels in dim 1, got shape {tuple(input.shape)}")
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        V.check_tensor(input, "input", min_dim=2)
+        V.check_channels(input, self.num_channels)
+        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}"
@@ -316,11 +319,11 @@ class AdaIN(nn.Module):
 
     def __init__(self, eps=1e-5):
         super().__init__()
-        C.check_eps(eps)
+        V.check_eps(eps)
         self.eps = eps
 
     def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return F.adain(content, style, self.eps)
+        return NF.adain(content, style, self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"

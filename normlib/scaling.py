@@ -1,9 +1,14 @@
-"""Feature scaling on numpy arrays with scikit-learn's transformer API.
+"""Feature scaling on numpy arrays, as scikit-learn estimators.
 
 ``fit`` learns per-feature statistics from training data (ignoring NaNs), ``transform``
 applies them (NaNs pass through), ``inverse_transform`` undoes them. A feature whose scale
 is zero (a constant column) gets scale 1, as in scikit-learn, so it maps to a constant
 instead of a division by zero.
+
+The scalers are written out here because the book derives them; they are full scikit-learn
+estimators (``get_params``/``set_params``, ``clone``, ``Pipeline``, ``GridSearchCV``, feature
+names), checked with scikit-learn's own ``estimator_checks``. This module needs the ``scaling``
+extra (numpy and scikit-learn) and is imported on first use of ``normlib.scaling``.
 
 Derived in ``chapters/01_feature_scaling.ipynb``.
 """
@@ -13,27 +18,13 @@ from __future__ import annotations
 from statistics import NormalDist
 
 import numpy as np
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["NotFittedError", "MinMaxScaler", "StandardScaler", "RobustScaler", "MaxAbsScaler"]
 
-
-class NotFittedError(ValueError, AttributeError):
-    """A scaler was used before ``fit`` (a ValueError, like scikit-learn's)."""
-
-
-def _as_2d_float(X, name: str = "X") -> np.ndarray:
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, n_features), got shape {X.shape}")
-    if X.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected a numeric array, got dtype {X.dtype}")
-    if X.dtype.kind != "f":
-        X = X.astype(np.float64)
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name}: expected at least one sample and one feature, got shape {X.shape}")
-    if np.isinf(X).any():
-        raise ValueError(f"{name}: expected finite values (NaN allowed as missing), got infinity")
-    return X
+_FLOATS = (np.float64, np.float32)
 
 
 def _nonzero_scale(scale: np.ndarray, constant: np.ndarray | None = None) -> np.ndarray:
@@ -46,43 +37,43 @@ def _nonzero_scale(scale: np.ndarray, constant: np.ndarray | None = None) -> np.
     return scale
 
 
-class _Scaler:
-    """``transform(X) = (X - offset_) / scale_``; subclasses set both in ``_fit``."""
-
-    _fitted_attribute = "scale_"
+class _Scaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """``transform(X) = (X - center) / scale`` per feature; subclasses learn both in ``_fit``
+    and say which they use in ``_center_and_scale``."""
 
     def fit(self, X, y=None):
-        X = _as_2d_float(X)
-        self.n_features_in_ = X.shape[1]
+        self._check_parameters()
+        X = validate_data(self, X, dtype=_FLOATS, ensure_all_finite="allow-nan")
         self.n_samples_seen_ = int(X.shape[0])
-        self._fit(X)
+        self._fit(X.astype(np.float64, copy=False))
         return self
 
-    def fit_transform(self, X, y=None):
-        return self.fit(X).transform(X)
+    def _check_parameters(self) -> None:
+        """Checked in ``fit``, not ``__init__``: scikit-learn's ``set_params`` and ``clone``
+        set parameters without calling ``__init__``."""
 
-    def _checked(self, X) -> np.ndarray:
-        if not hasattr(self, self._fitted_attribute):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet: call fit(X) first")
-        X = _as_2d_float(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X: expected {self.n_features_in_} features as seen in fit, got {X.shape[1]}")
-        return X
+    def _validated(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=_FLOATS, ensure_all_finite="allow-nan", copy=True)
+
+    def _center_and_scale(self):
+        raise NotImplementedError
 
     def transform(self, X):
-        X = self._checked(X)
-        return ((X - self._offset) / self._divisor).astype(X.dtype, copy=False)
+        X = self._validated(X)
+        center, scale = self._center_and_scale()
+        return ((X - center) / scale).astype(X.dtype, copy=False)
 
     def inverse_transform(self, X):
-        X = self._checked(X)
-        return (X * self._divisor + self._offset).astype(X.dtype, copy=False)
+        X = self._validated(X)
+        center, scale = self._center_and_scale()
+        return (X * scale + center).astype(X.dtype, copy=False)
 
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in self._param_names}
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaNs are missing values: ignored in fit, kept in transform
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
 
 
 class MinMaxScaler(_Scaler):
@@ -94,13 +85,13 @@ class MinMaxScaler(_Scaler):
     Derived in ``chapters/01_feature_scaling.ipynb``.
     """
 
-    _param_names = ("feature_range", "clip")
-
     def __init__(self, feature_range=(0, 1), clip: bool = False):
-        low, high = feature_range
-        if not low < high:
-            raise ValueError(f"feature_range: expected (min, max) with min < max, got {feature_range!r}")
         self.feature_range, self.clip = feature_range, clip
+
+    def _check_parameters(self) -> None:
+        low, high = self.feature_range
+        if not low < high:
+            raise ValueError(f"feature_range: expected (min, max) with min < max, got {self.feature_range!r}")
 
     def _fit(self, X):
         self.data_min_ = np.nanmin(X, axis=0)
@@ -109,19 +100,16 @@ class MinMaxScaler(_Scaler):
         low, high = self.feature_range
         self.scale_ = (high - low) / _nonzero_scale(self.data_range_)
         self.min_ = low - self.data_min_ * self.scale_
-        # transform = X * scale_ + min_, written as (X - offset) / divisor
-        self._divisor = 1.0 / self.scale_
-        self._offset = -self.min_ / self.scale_
 
     def transform(self, X):
-        X = self._checked(X)
+        X = self._validated(X)
         out = (X * self.scale_ + self.min_).astype(X.dtype, copy=False)
         if self.clip:
             np.clip(out, *self.feature_range, out=out)
         return out
 
     def inverse_transform(self, X):
-        X = self._checked(X)
+        X = self._validated(X)
         return ((X - self.min_) / self.scale_).astype(X.dtype, copy=False)
 
 
@@ -133,25 +121,22 @@ class StandardScaler(_Scaler):
     Derived in ``chapters/01_feature_scaling.ipynb``.
     """
 
-    _param_names = ("with_mean", "with_std")
-    _fitted_attribute = "mean_"
-
     def __init__(self, with_mean: bool = True, with_std: bool = True):
         self.with_mean, self.with_std = with_mean, with_std
 
     def _fit(self, X):
         self.mean_ = np.nanmean(X, axis=0, dtype=np.float64)
-        self.var_ = np.nanvar(X, axis=0, dtype=np.float64)
+        var = np.nanvar(X, axis=0, dtype=np.float64)
         n = np.sum(~np.isnan(X), axis=0)
         # A variance this small is rounding error of a constant feature (the bound
         # scikit-learn uses), not a real spread: treat the feature as constant.
         eps = np.finfo(np.float64).eps
-        constant = self.var_ <= n * eps * self.var_ + (n * self.mean_ * eps) ** 2
-        self.scale_ = _nonzero_scale(np.sqrt(self.var_), constant) if self.with_std else None
-        if not self.with_std:
-            self.var_ = None  # as scikit-learn: no variance is kept when it is not used
-        self._offset = self.mean_ if self.with_mean else 0.0
-        self._divisor = self.scale_ if self.with_std else 1.0
+        constant = var <= n * eps * var + (n * self.mean_ * eps) ** 2
+        self.var_ = var if self.with_std else None  # as scikit-learn: no variance kept when unused
+        self.scale_ = _nonzero_scale(np.sqrt(var), constant) if self.with_std else None
+
+    def _center_and_scale(self):
+        return (self.mean_ if self.with_mean else 0.0), (self.scale_ if self.with_std else 1.0)
 
 
 class RobustScaler(_Scaler):
@@ -162,19 +147,19 @@ class RobustScaler(_Scaler):
     Derived in ``chapters/01_feature_scaling.ipynb``.
     """
 
-    _param_names = ("with_centering", "with_scaling", "quantile_range", "unit_variance")
-    _fitted_attribute = "center_"
-
     def __init__(self, with_centering: bool = True, with_scaling: bool = True,
                  quantile_range=(25.0, 75.0), unit_variance: bool = False):
-        q_min, q_max = quantile_range
-        if not 0 <= q_min <= q_max <= 100:
-            raise ValueError(f"quantile_range: expected 0 <= q_min <= q_max <= 100, got {quantile_range!r}")
         self.with_centering, self.with_scaling = with_centering, with_scaling
         self.quantile_range, self.unit_variance = quantile_range, unit_variance
 
+    def _check_parameters(self) -> None:
+        q_min, q_max = self.quantile_range
+        if not 0 <= q_min <= q_max <= 100:
+            raise ValueError(f"quantile_range: expected 0 <= q_min <= q_max <= 100, got {self.quantile_range!r}")
+
     def _fit(self, X):
         self.center_ = np.nanmedian(X, axis=0) if self.with_centering else None
+        self.scale_ = None
         if self.with_scaling:
             q_min, q_max = self.quantile_range
             low, high = np.nanpercentile(X, [q_min, q_max], axis=0)
@@ -182,10 +167,9 @@ class RobustScaler(_Scaler):
             if self.unit_variance:
                 normal = NormalDist()
                 self.scale_ = self.scale_ / (normal.inv_cdf(q_max / 100) - normal.inv_cdf(q_min / 100))
-        else:
-            self.scale_ = None
-        self._offset = self.center_ if self.with_centering else 0.0
-        self._divisor = self.scale_ if self.with_scaling else 1.0
+
+    def _center_and_scale(self):
+        return (self.center_ if self.with_centering else 0.0), (self.scale_ if self.with_scaling else 1.0)
 
 
 class MaxAbsScaler(_Scaler):
@@ -195,9 +179,9 @@ class MaxAbsScaler(_Scaler):
     Derived in ``chapters/01_feature_scaling.ipynb``.
     """
 
-    _param_names = ()
-
     def _fit(self, X):
         self.max_abs_ = np.nanmax(np.abs(X), axis=0)
         self.scale_ = _nonzero_scale(self.max_abs_)
-        self._offset, self._divisor = 0.0, self.scale_
+
+    def _center_and_scale(self):
+        return 0.0, self.scale_

@@ -11,11 +11,11 @@ Derived in ``chapters/08_spectral_norm.ipynb``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as TF
 from torch import nn
 from torch.nn.utils import parametrize
 
-from normlib import _checks as C
+from normlib import _validation as V
 
 __all__ = ["power_iteration", "spectral_norm", "spectral_norm_estimates", "weight_norm"]
 
@@ -35,10 +35,10 @@ def power_iteration(W: torch.Tensor, u: torch.Tensor, n_iter: int = 1, eps: floa
 
     Derived in ``chapters/08_spectral_norm.ipynb``.
     """
-    C.check_tensor(W, "W", min_dim=2, max_dim=2)
-    C.check_tensor(u, "u", min_dim=1, max_dim=1)
-    C.check_positive_int(n_iter, "n_iter")
-    C.check_eps(eps)
+    V.check_tensor(W, "W", min_dim=2, max_dim=2)
+    V.check_tensor(u, "u", min_dim=1, max_dim=1)
+    V.check_positive_int(n_iter, "n_iter")
+    V.check_eps(eps)
     if u.shape[0] != W.shape[0]:
         raise ValueError(f"u: expected shape ({W.shape[0]},) to match the rows of W, got {tuple(u.shape)}")
     if u.device != W.device:
@@ -46,8 +46,8 @@ def power_iteration(W: torch.Tensor, u: torch.Tensor, n_iter: int = 1, eps: floa
     with torch.no_grad():
         u = u.to(W.dtype)
         for _ in range(n_iter):
-            v = F.normalize(W.mT @ u, dim=0, eps=eps)
-            u = F.normalize(W @ v, dim=0, eps=eps)
+            v = TF.normalize(W.mT @ u, dim=0, eps=eps)
+            u = TF.normalize(W @ v, dim=0, eps=eps)
     sigma = torch.dot(u, W @ v)
     return sigma, u, v
 
@@ -62,7 +62,7 @@ class _SpectralNorm(nn.Module):
         self.dim = dim % weight.dim() if weight.dim() > 0 else 0
         if weight.dim() > 1:
             matrix = self._as_matrix(weight.detach())
-            u = F.normalize(torch.randn(matrix.shape[0], dtype=weight.dtype, device=weight.device), dim=0, eps=eps)
+            u = TF.normalize(torch.randn(matrix.shape[0], dtype=weight.dtype, device=weight.device), dim=0, eps=eps)
             _, u, v = power_iteration(matrix, u, _INIT_ITERATIONS, eps)
             self.register_buffer("_u", u)
             self.register_buffer("_v", v)
@@ -73,7 +73,7 @@ class _SpectralNorm(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.dim() == 1:  # a vector's spectral norm is its Euclidean norm
-            return F.normalize(weight, dim=0, eps=self.eps)
+            return TF.normalize(weight, dim=0, eps=self.eps)
         matrix = self._as_matrix(weight)
         if self.training:
             _, u, v = power_iteration(matrix.detach(), self._u, self.n_power_iterations, self.eps)
@@ -93,7 +93,7 @@ def _tensor_to_parametrize(module: nn.Module, name: str) -> torch.Tensor:
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"name: module {type(module).__name__} has no tensor parameter {name!r}")
-    C.check_tensor(weight, f"module.{name}")
+    V.check_tensor(weight, f"module.{name}")
     return weight
 
 
@@ -111,8 +111,8 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
     Derived in ``chapters/08_spectral_norm.ipynb``.
     """
     weight = _tensor_to_parametrize(module, name)
-    C.check_positive_int(n_power_iterations, "n_power_iterations")
-    C.check_eps(eps)
+    V.check_positive_int(n_power_iterations, "n_power_iterations")
+    V.check_eps(eps)
     if dim is None:
         transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
         dim = 1 if isinstance(module, transposed) else 0

@@ -16,6 +16,7 @@ Triton; the kernel modules do. On a CPU, the kernels run in Triton's interpreter
 Derived in ``chapters/10_kernels.ipynb``.
 """
 
+import functools
 import importlib.util
 import os
 
@@ -28,10 +29,12 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.lru_cache(maxsize=None)
 def backend() -> str:
     """Which path CUDA tensors take: ``"triton"`` (kernels on the GPU), ``"interpreter"`` (kernels
     on the CPU under ``TRITON_INTERPRET=1``, for testing), or ``"reference: <reason>"``.
-    Derived in ``chapters/10_kernels.ipynb``."""
+    Decided once per process, from the environment at the first call
+    (``backend.cache_clear()`` decides again). Derived in ``chapters/10_kernels.ipynb``."""
     if os.environ.get("NORMLIB_DISABLE_KERNELS") == "1":
         return "reference: NORMLIB_DISABLE_KERNELS=1"
     if not _triton_installed():

@@ -1,5 +1,6 @@
-"""What the kernel families share: dtypes of statistics and accumulators, input checks, and the
-size of persistent grids."""
+"""What the kernel families share: the accumulator dtype, the device check, the size of persistent
+grids, and the Triton helpers for tile statistics. Argument checks and the statistics dtype are
+normlib's one set (:mod:`normlib._validation`)."""
 
 import functools
 import os
@@ -8,29 +9,25 @@ import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from normlib._validation import check_param, check_tensor, stats_dtype  # noqa: F401 (re-exported to the kernels)
+
 # read once, when the kernels are defined: triton.jit makes interpreted kernels from then on
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 PROGRAMS_PER_SM = 4            # persistent backward: programs per streaming multiprocessor
 INTERPRETER_PROGRAMS = 4       # under TRITON_INTERPRET=1 each program costs milliseconds
 
 
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics are float32, or float64 for float64 inputs (never the half-precision input dtype)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def accumulator_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def check_input(x: torch.Tensor, name: str, min_dim: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}: expected float16, bfloat16, float32 or float64, got {x.dtype}")
-    if x.dim() < min_dim:
-        raise ValueError(f"{name}: expected at least {min_dim} dimensions, got shape {tuple(x.shape)}")
+def check_input(x: torch.Tensor, name: str, min_dim: int, **params) -> None:
+    """A floating-point tensor the kernels can read (CUDA, or CPU in the interpreter), and its
+    optional per-feature tensors ``params`` (name -> tensor) of shape ``(x.shape[1],)`` for
+    ``min_dim`` 2 (the channels) or ``(x.shape[-1],)`` otherwise (the row)."""
+    check_tensor(x, name, min_dim=min_dim)
+    for param_name, p in params.items():
+        check_param(p, param_name, (x.shape[1] if min_dim >= 2 else x.shape[-1],), x)
     if not (x.is_cuda or INTERPRETED):
         raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors only in Triton's interpreter, "
                          f"TRITON_INTERPRET=1 set before normlib.kernels is imported), got device {x.device}")

@@ -21,13 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
+from normlib._validation import batch_axes, check_param, check_values_per_channel
 from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, stats_dtype, tile_statistics
 
 BLOCK = 1024          # elements per tile
 MAX_SPLITS = 64       # slices per channel (bounded: the second step's size does not grow with N)
 
 
-def _splits(count: int) -> int:
+def _split_count(count: int) -> int:
     return max(1, min(MAX_SPLITS, triton.cdiv(count, 16 * BLOCK)))
 
 
@@ -39,7 +40,7 @@ def _address(index, channel, C, S):
 
 
 @triton.jit
-def _split(per_channel, per_split):
+def _program_slice(per_channel, per_split):
     # this program's channel and its slice [first, last) of the channel's values
     first = tl.program_id(1).to(tl.int64) * per_split
     return tl.program_id(0), first, tl.minimum(first + per_split, per_channel)
@@ -48,7 +49,7 @@ def _split(per_channel, per_split):
 @triton.jit
 def _partial_statistics_kernel(X, Count, Mean, M2, C, S, per_channel, per_split,
                                ACC: tl.constexpr, BLOCK: tl.constexpr):
-    channel, first, last = _split(per_channel, per_split)
+    channel, first, last = _program_slice(per_channel, per_split)
     count = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
     m2 = tl.zeros([], dtype=ACC)
@@ -69,7 +70,7 @@ def _partial_statistics_kernel(X, Count, Mean, M2, C, S, per_channel, per_split,
 def _channel_affine_kernel(X, Center, Scale, Shift, Y, C, S, per_channel, per_split,
                            ACC: tl.constexpr, BLOCK: tl.constexpr):
     # y = (x - center[c]) * scale[c] + shift[c]
-    channel, first, last = _split(per_channel, per_split)
+    channel, first, last = _program_slice(per_channel, per_split)
     center = tl.load(Center + channel).to(ACC)
     scale = tl.load(Scale + channel).to(ACC)
     shift = tl.load(Shift + channel).to(ACC)
@@ -84,7 +85,7 @@ def _channel_affine_kernel(X, Center, Scale, Shift, Y, C, S, per_channel, per_sp
 @triton.jit
 def _partial_gradient_sums_kernel(DY, X, Mean, Rstd, SumDy, SumDyXhat, C, S, per_channel, per_split,
                                   ACC: tl.constexpr, BLOCK: tl.constexpr):
-    channel, first, last = _split(per_channel, per_split)
+    channel, first, last = _program_slice(per_channel, per_split)
     mean = tl.load(Mean + channel)
     rstd = tl.load(Rstd + channel)
     sum_dy = tl.zeros([BLOCK], dtype=ACC)
@@ -106,7 +107,7 @@ def _partial_gradient_sums_kernel(DY, X, Mean, Rstd, SumDy, SumDyXhat, C, S, per
 def _input_gradient_kernel(DY, X, Mean, Rstd, Weight, MeanDy, MeanDyXhat, DX, C, S, per_channel, per_split,
                            HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), means per channel
-    channel, first, last = _split(per_channel, per_split)
+    channel, first, last = _program_slice(per_channel, per_split)
     mean = tl.load(Mean + channel)
     rstd = tl.load(Rstd + channel)
     mean_dy = tl.load(MeanDy + channel)
@@ -128,7 +129,7 @@ def _grid(x: torch.Tensor) -> tuple[int, int, int, int, int]:
     """(C, S, values per channel, values per split, splits) of a contiguous (N, C, S) input."""
     c, s = x.shape[1], (x[0, 0].numel() if x.shape[0] else 0)
     per_channel = x.shape[0] * s
-    splits = _splits(per_channel)
+    splits = _split_count(per_channel)
     return c, s, per_channel, triton.cdiv(per_channel, splits), splits
 
 
@@ -225,7 +226,7 @@ def _affine_setup_context(ctx, inputs, output):
 def _affine_backward(ctx, dy):
     x, center, scale = ctx.saved_tensors
     dy = dy.contiguous()
-    dims = [0, *range(2, x.dim())]
+    dims = batch_axes(x.dim())
     zeros = torch.zeros_like(scale)
     dx = _channel_affine_op(dy, zeros, scale, zeros) if ctx.needs_input_grad[0] else None
     sum_dy = dy.sum(dims, dtype=scale.dtype)
@@ -241,23 +242,14 @@ def _affine_backward(ctx, dy):
 _channel_affine_op.register_autograd(_affine_backward, setup_context=_affine_setup_context)
 
 
-def _check(x, weight, bias):
-    check_input(x, "input", min_dim=2)
-    c = x.shape[1]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and (p.shape != (c,) or p.device != x.device):
-            raise ValueError(f"{name}: expected shape ({c},) on {x.device}, got {tuple(p.shape)} on {p.device}")
-
-
 def batch_norm_training(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
                         eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training-mode batch normalization of an ``(N, C, *)`` input with the Triton kernels.
     Returns ``(y, batch mean, biased batch variance)``, the statistics per channel in float32
     (float64 for float64 inputs), for the caller's running-statistics update. Differentiable.
     Derived in ``chapters/10_kernels.ipynb``."""
-    _check(x, weight, bias)
-    if x.shape[0] * (x[0, 0].numel() if x.shape[0] else 0) <= 1:
-        raise ValueError(f"input: expected more than 1 value per channel in training, got shape {tuple(x.shape)}")
+    check_input(x, "input", min_dim=2, weight=weight, bias=bias)
+    check_values_per_channel(x, x.numel() // x.shape[1] if x.shape[1] else 0)
     y, mean, var, _ = _training_forward(x.contiguous(), weight, bias, float(eps))
     return y, mean, var
 
@@ -269,7 +261,9 @@ def batch_norm_inference(x: torch.Tensor, running_mean: torch.Tensor, running_va
     ``(x - running_mean) * scale + bias`` with ``scale = weight / sqrt(running_var + eps)``
     (differentiable in ``input``, ``weight`` and ``bias``).
     Derived in ``chapters/10_kernels.ipynb``."""
-    _check(x, weight, bias)
+    check_input(x, "input", min_dim=2, weight=weight, bias=bias)
+    check_param(running_mean, "running_mean", (x.shape[1],), x)
+    check_param(running_var, "running_var", (x.shape[1],), x)
     sd = stats_dtype(x.dtype)
     scale = torch.rsqrt(running_var.to(sd) + eps)
     if weight is not None:

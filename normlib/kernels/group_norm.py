@@ -205,12 +205,9 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] 
     """Group normalization of an ``(N, C, *)`` input with the Triton kernels (contiguous or
     channels_last inputs are read in place; the output has the input's memory format).
     Differentiable; a ``torch.library`` custom op. Derived in ``chapters/10_kernels.ipynb``."""
-    check_input(x, "input", min_dim=2)
+    check_input(x, "input", min_dim=2, weight=weight, bias=bias)
     c = x.shape[1]
-    if not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
         raise ValueError(f"num_groups: expected a positive divisor of the number of channels {c}, got {num_groups!r}")
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and (p.shape != (c,) or p.device != x.device):
-            raise ValueError(f"{name}: expected shape ({c},) on {x.device}, got {tuple(p.shape)} on {p.device}")
     y, _, _ = _forward(_layout(x), weight, bias, num_groups, float(eps))
     return y

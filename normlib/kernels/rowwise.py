@@ -312,10 +312,7 @@ _forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 def _rowwise(x, weight, bias, eps, residual, rms):
     n = x.shape[-1]
-    check_input(x, "input", min_dim=1)
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and (p.shape != (n,) or p.device != x.device):
-            raise ValueError(f"{name}: expected shape ({n},) on {x.device}, got {tuple(p.shape)} on {p.device}")
+    check_input(x, "input", min_dim=1, weight=weight, bias=bias)
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device):
         raise ValueError(f"residual: expected shape {tuple(x.shape)}, dtype {x.dtype} and device {x.device}, "
                          f"got {tuple(residual.shape)}, {residual.dtype}, {residual.device}")
@@ -337,8 +334,9 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
     return _rowwise(x, weight, bias, eps, residual, rms=False)
 
 
-def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float = 1e-6,
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Optional[float] = None,
              residual: Optional[torch.Tensor] = None):
     """RMSNorm over the last dimension of ``x`` with the Triton kernels; same conventions as
-    :func:`layer_norm`. Derived in ``chapters/10_kernels.ipynb``."""
-    return _rowwise(x, weight, None, eps, residual, rms=True)
+    :func:`layer_norm`, and ``eps=None`` is the input dtype's machine epsilon (normlib's and
+    torch's default). Derived in ``chapters/10_kernels.ipynb``."""
+    return _rowwise(x, weight, None, torch.finfo(x.dtype).eps if eps is None else eps, residual, rms=True)

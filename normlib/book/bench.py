@@ -1,4 +1,5 @@
-"""Kernel benchmark: ``python -m normlib.bench``.
+"""Kernel benchmark: ``python -m normlib.book.bench`` (``--cpu``: the CPU paths of
+``normlib.functional`` against torch, :mod:`normlib.book.cpu_bench`).
 
 Measures, in one run, the device's copy bandwidth and then the forward and the forward+backward
 time of each normalization (RMSNorm and LayerNorm over the last dimension, GroupNorm, BatchNorm in
@@ -225,7 +226,7 @@ def figure(document: dict):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from normlib import plot
+    from normlib.book import plot
     plot.use_style()
     rows = document["results"]
     families = list(dict.fromkeys(r["family"] for r in rows))
@@ -293,13 +294,19 @@ def goal_report(document: dict) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    """The command line: ``python -m normlib.bench [--out DIR] [--families ...] [--dtypes ...]``.
-    Derived in ``chapters/10_kernels.ipynb``."""
+    """The command line: ``python -m normlib.book.bench [--out DIR] [--families ...] [--dtypes ...]``,
+    or ``--cpu [--tiny]`` for the CPU table. Derived in ``chapters/10_kernels.ipynb``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for CSV, JSON and PNG")
     parser.add_argument("--families", default="rms_norm,layer_norm,group_norm,batch_norm")
     parser.add_argument("--dtypes", default="bf16,fp32")
+    parser.add_argument("--cpu", action="store_true", help="the CPU table: normlib.functional, its reference and torch")
+    parser.add_argument("--tiny", action="store_true", help="with --cpu: tiny shapes and few rounds (a smoke test)")
     args = parser.parse_args(argv)
+    if args.cpu:
+        from normlib.book import cpu_bench
+        cpu_bench.main(args.out, tiny=args.tiny)
+        return
     families = args.families.split(",")
     unknown = [f for f in families if f not in ("rms_norm", "layer_norm", "group_norm", "batch_norm")]
     dtypes = args.dtypes.split(",")

@@ -1,9 +1,11 @@
 """Loaders for the small datasets in the repository's ``data/`` folder.
 
 Each file's SHA-256 is checked before it is read, so a truncated or altered file fails with
-an error naming it instead of silently training on bad data. The folder is found from the
-``NORMLIB_DATA`` environment variable, else ``data/`` next to the normlib package (a source
-checkout). ``data/README.md`` gives each file's provenance and license and
+an error naming it instead of silently training on bad data. The folder is, in this order: the
+``root`` argument of :func:`data_path`, the ``NORMBOOK_DATA`` environment variable, or the
+``data/`` folder of the normbook checkout that holds this file or the current directory (so the
+chapters find it whether normlib is installed from the checkout, editable, or as a wheel and run
+from inside a checkout). ``data/README.md`` gives each file's provenance and license and
 ``data/make_data.py`` regenerates them.
 """
 
@@ -30,20 +32,37 @@ class DataError(RuntimeError):
     """A data file is missing or does not match its recorded checksum."""
 
 
-def data_dir() -> Path:
-    """The folder the data files are read from."""
-    return Path(os.environ.get("NORMLIB_DATA", Path(__file__).resolve().parent.parent / "data"))
+def _checkout_data(start: Path) -> Path | None:
+    """The ``data/`` folder of the normbook checkout at or above ``start``, if there is one."""
+    for folder in (start, *start.parents):
+        if (folder / "data" / "make_data.py").is_file():
+            return folder / "data"
+    return None
 
 
-def data_path(name: str) -> Path:
+def data_dir(root: str | os.PathLike | None = None) -> Path:
+    """The folder the data files are read from (see the module docstring for the search order)."""
+    if root is not None:
+        return Path(root)
+    if "NORMBOOK_DATA" in os.environ:
+        return Path(os.environ["NORMBOOK_DATA"])
+    found = _checkout_data(Path(__file__).resolve().parent) or _checkout_data(Path.cwd().resolve())
+    if found is None:
+        raise DataError("the book's data/ folder was not found: run from a normbook checkout, or set NORMBOOK_DATA "
+                        "to a folder holding the files of the repository's data/ (or make them there with "
+                        "`python data/make_data.py`)")
+    return found
+
+
+def data_path(name: str, root: str | os.PathLike | None = None) -> Path:
     """Path of a data file after checking that it exists and its SHA-256 matches."""
     if name not in SHA256:
         raise ValueError(f"name: expected one of {sorted(SHA256)}, got {name!r}")
-    path = data_dir() / name
+    path = data_dir(root) / name
     if not path.is_file():
         raise DataError(
-            f"data file {name} not found at {path}: set NORMLIB_DATA to the folder holding it, "
-            f"or regenerate it with `python data/make_data.py`"
+            f"data file {name} not found at {path}: set NORMBOOK_DATA (or pass root) to the folder holding it, "
+            f"or make it with `python data/make_data.py` in a normbook checkout"
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SHA256[name]:
@@ -133,7 +152,7 @@ PHOTOS = {
 def load_photo(name: str, short_side: int | None = None) -> torch.Tensor:
     """An RGB photo as a float32 ``(3, H, W)`` tensor in [0, 1] (grey textures are repeated to
     three channels), resized with antialiasing so that its shorter side is ``short_side``.
-    ``name`` is a key of ``normlib.data.PHOTOS``. Used in ``chapters/06_instance_norm.ipynb`` and
+    ``name`` is a key of ``normlib.book.data.PHOTOS``. Used in ``chapters/06_instance_norm.ipynb`` and
     ``chapters/07_adain.ipynb``."""
     if name not in PHOTOS:
         raise ValueError(f"name: expected one of {sorted(PHOTOS)}, got {name!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from normlib import _checks as C
+from normlib import _validation as V
 
 __all__ = ["batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
@@ -40,15 +40,15 @@ def batch_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: 
     Returns ``(grad_input, grad_weight, grad_bias)``; ``grad_weight`` and ``grad_bias`` are
     ``None`` when ``weight`` is. Derived in ``chapters/02_batch_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=2)
-    C.check_tensor(grad_output, "grad_output", min_dim=2)
+    V.check_tensor(input, "input", min_dim=2)
+    V.check_tensor(grad_output, "grad_output", min_dim=2)
     if grad_output.shape != input.shape:
         raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    C.check_param(weight, "weight", (input.shape[1],), input)
-    C.check_eps(eps)
-    dims = [0, *range(2, input.dim())]
+    V.check_param(weight, "weight", (input.shape[1],), input)
+    V.check_eps(eps)
+    dims = list(V.batch_axes(input.dim()))
     if weight is not None:
-        weight = weight.view(1, -1, *([1] * (input.dim() - 2)))
+        weight = V.per_channel(weight, input.dim())
     # statistics and parameters both live per channel: reduce over the same axes
     return _standardized_backward(grad_output, input, weight, dims, dims, eps)
 
@@ -56,12 +56,12 @@ def batch_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: 
 def _last_axes(grad_output, input, normalized_shape, weight):
     """Check the arguments of a norm over the trailing ``normalized_shape`` axes; return
     those axes and the leading (batch) axes."""
-    C.check_tensor(input, "input")
-    shape = C.normalized_shape_tuple(normalized_shape)
-    C.check_trailing_shape(input, shape)
+    V.check_tensor(input, "input")
+    shape = V.normalized_shape_tuple(normalized_shape)
+    V.check_trailing_shape(input, shape)
     if grad_output.shape != input.shape:
         raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    C.check_param(weight, "weight", shape, input)
+    V.check_param(weight, "weight", shape, input)
     return tuple(range(-len(shape), 0)), tuple(range(input.dim() - len(shape)))
 
 
@@ -77,13 +77,15 @@ def layer_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normaliz
 
 
 def rms_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, normalized_shape,
-                      weight: torch.Tensor | None = None, eps: float = 1e-6):
+                      weight: torch.Tensor | None = None, eps: float | None = None):
     """Gradients of RMS normalization ``y = x * r * gamma`` with ``r = (mean(x^2) + eps)^(-1/2)``:
     ``dx = r * (g - xhat * mean(g * xhat))`` with ``g = dy * gamma`` and ``xhat = x * r``.
 
+    ``eps=None`` is the input dtype's machine epsilon, as in :func:`normlib.functional.rms_norm`.
     Returns ``(grad_input, grad_weight)``. Derived in ``chapters/04_rms_norm.ipynb``.
     """
     dims, batch_dims = _last_axes(grad_output, input, normalized_shape, weight)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
     rstd = torch.rsqrt(input.square().mean(dim=dims, keepdim=True) + eps)
     xhat = input * rstd
     grad_xhat = grad_output * weight if weight is not None else grad_output
@@ -101,23 +103,23 @@ def group_norm_backward(grad_output: torch.Tensor, input: torch.Tensor, num_grou
 
     Returns ``(grad_input, grad_weight, grad_bias)``. Derived in ``chapters/05_group_norm.ipynb``.
     """
-    C.check_tensor(input, "input", min_dim=2)
+    V.check_tensor(input, "input", min_dim=2)
     if grad_output.shape != input.shape:
         raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    C.check_positive_int(num_groups, "num_groups")
+    V.check_positive_int(num_groups, "num_groups")
     if input.shape[1] % num_groups != 0:
         raise ValueError(f"num_groups: expected a divisor of the number of channels {input.shape[1]}, got {num_groups}")
-    C.check_param(weight, "weight", (input.shape[1],), input)
-    C.check_eps(eps)
+    V.check_param(weight, "weight", (input.shape[1],), input)
+    V.check_eps(eps)
     grouped = lambda t: t.reshape(input.shape[0], num_groups, -1)  # noqa: E731
     var, mean = torch.var_mean(grouped(input), dim=-1, keepdim=True, correction=0)
     rstd = torch.rsqrt(var + eps)
     xhat = (grouped(input) - mean) * rstd
     if weight is not None:
-        weight = weight.view(1, -1, *([1] * (input.dim() - 2)))
+        weight = V.per_channel(weight, input.dim())
     grad_xhat = grad_output * weight if weight is not None else grad_output
     grad_input = _normalized_backward(grouped(grad_xhat), xhat, rstd, -1).reshape(input.shape)
     if weight is None:
         return grad_input, None, None
-    param_dims = [0, *range(2, input.dim())]
+    param_dims = list(V.batch_axes(input.dim()))
     return grad_input, (grad_output * xhat.reshape(input.shape)).sum(param_dims), grad_output.sum(param_dims)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from normlib import functional as F
+from normlib import functional as NF
 
 __all__ = ["use_style", "PALETTE", "NORM_AXES", "shared_statistics_mask", "norm_axes_figure", "show_images"]
 
@@ -38,11 +38,11 @@ def use_style() -> None:
 
 # Each method as a function of an (N, C, L) tensor (L = H * W), written with normlib.
 NORM_AXES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "BatchNorm": lambda x: F.batch_norm(x, None, None, training=True),
-    "LayerNorm": lambda x: F.layer_norm(x, x.shape[1:]),
-    "InstanceNorm": lambda x: F.instance_norm(x),
-    "GroupNorm (G=2)": lambda x: F.group_norm(x, 2),
-    "RMSNorm (per position)": lambda x: F.rms_norm(x.transpose(1, 2), x.shape[1:2]).transpose(1, 2),
+    "BatchNorm": lambda x: NF.batch_norm(x, None, None, training=True),
+    "LayerNorm": lambda x: NF.layer_norm(x, x.shape[1:]),
+    "InstanceNorm": lambda x: NF.instance_norm(x),
+    "GroupNorm (G=2)": lambda x: NF.group_norm(x, 2),
+    "RMSNorm (per position)": lambda x: NF.rms_norm(x.transpose(1, 2), x.shape[1:2]).transpose(1, 2),
 }
 
 

@@ -1,4 +1,4 @@
-"""nGPT, the normalized transformer (Loshchilov et al. 2024), beside :class:`~normlib.models.GPT`.
+"""nGPT, the normalized transformer (Loshchilov et al. 2024), beside :class:`~normlib.book.models.GPT`.
 
 Every embedding and every weight matrix is kept at unit norm along the embedding dimension
 (:meth:`NGPT.normalize_matrices`, called after each optimizer step), every hidden state lives
@@ -17,7 +17,7 @@ import torch.nn.functional as TF
 from torch import nn
 
 from normlib.functional import l2_normalize
-from normlib.models.gpt import CausalSelfAttention, check_context
+from normlib.book.models.gpt import CausalSelfAttention, check_token_ids
 
 
 class Scale(nn.Module):
@@ -98,7 +98,7 @@ class NGPT(nn.Module):
     the final hidden state and each output embedding. No normalization layers, no biases.
 
     ``hidden`` is the SwiGLU width (default about ``8 * width / 3``, which gives the MLP the
-    parameter count of :class:`~normlib.models.GPT`'s ``4 * width`` GELU MLP).
+    parameter count of :class:`~normlib.book.models.GPT`'s ``4 * width`` GELU MLP).
     Call :meth:`normalize_matrices` after every optimizer step; train without weight decay.
     Derived in ``chapters/09_ngpt.ipynb``."""
 
@@ -111,11 +111,11 @@ class NGPT(nn.Module):
         self.blocks = nn.ModuleList(NormalizedBlock(width, heads, hidden, alpha_init) for _ in range(depth))
         self.head = nn.Linear(width, vocab_size, bias=False)
         self.s_z = Scale(vocab_size, 1.0, 1 / math.sqrt(width))
-        for weight, _ in self.normalized_matrices():
+        for weight, _ in self.matrices_on_sphere():
             nn.init.normal_(weight, std=1 / math.sqrt(width))
         self.normalize_matrices()
 
-    def normalized_matrices(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def matrices_on_sphere(self) -> Iterator[tuple[torch.Tensor, int]]:
         """Each matrix with the axis of its embedding dimension: rows of the embeddings and of
         the projections that read the hidden state, columns of those that write to it."""
         yield self.token.weight, 1
@@ -130,7 +130,7 @@ class NGPT(nn.Module):
     @torch.no_grad()
     def normalize_matrices(self) -> None:
         """Project every matrix back onto the unit sphere along its embedding dimension."""
-        for weight, dim in self.normalized_matrices():
+        for weight, dim in self.matrices_on_sphere():
             weight.copy_(l2_normalize(weight, dim=dim))
 
     def eigen_learning_rates(self) -> torch.Tensor:
@@ -139,7 +139,7 @@ class NGPT(nn.Module):
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """The hidden state after the embedding and after each block, ``(N, T, width)`` each."""
-        check_context(ids, self.context)
+        check_token_ids(ids, self.context)
         states = [self.token(ids)]
         for block in self.blocks:
             states.append(block(states[-1]))

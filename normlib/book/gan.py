@@ -1,7 +1,7 @@
 """Small GANs for the spectral-normalization chapter: data, models, the alternating objective,
 and sample-quality metrics.
 
-Training goes through the book's one loop, :func:`normlib.train.fit`: ``fit`` steps the
+Training goes through the book's one loop, :func:`normlib.book.train.fit`: ``fit`` steps the
 *generator*, and :class:`AlternatingObjective`, used as its ``loss_fn``, first performs the
 discriminator's ``n_dis`` updates on the ``n_dis`` slices of the mini-batch (each with its own
 optimizer, as in Miyato et al.'s algorithm) and then returns the generator's loss.
@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as TF
 from torch import nn
 
-from normlib import _checks as C
+from normlib import _validation as V
 from normlib.spectral import spectral_norm, weight_norm
 
 __all__ = ["OptimizerSetting", "TABLE_1_SETTINGS", "CONSTRAINTS", "ring_centers", "ring_of_gaussians",
@@ -57,21 +57,21 @@ CONSTRAINTS = ("none", "clip", "weight_norm", "spectral_norm")
 
 def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
     """``(modes, 2)`` points evenly spaced on a circle. Used in ``chapters/08_spectral_norm.ipynb``."""
-    C.check_positive_int(modes, "modes")
+    V.check_positive_int(modes, "modes")
     angles = 2 * math.pi * torch.arange(modes) / modes
     return radius * torch.stack([angles.cos(), angles.sin()], dim=1)
 
 
-def ring_of_gaussians(n: int, generator: torch.Generator, modes: int = 8, radius: float = 2.0,
+def ring_of_gaussians(n: int, rng: torch.Generator, modes: int = 8, radius: float = 2.0,
                       std: float = 0.05) -> torch.Tensor:
     """``n`` samples of an equal mixture of isotropic Gaussians (standard deviation ``std``)
     centred on :func:`ring_centers`: the classic test of mode collapse.
     Used in ``chapters/08_spectral_norm.ipynb``."""
-    C.check_positive_int(n, "n")
+    V.check_positive_int(n, "n")
     if not std > 0:
         raise ValueError(f"std: expected a positive number, got {std!r}")
-    which = torch.randint(modes, (n,), generator=generator)
-    return ring_centers(modes, radius)[which] + std * torch.randn(n, 2, generator=generator)
+    which = torch.randint(modes, (n,), generator=rng)
+    return ring_centers(modes, radius)[which] + std * torch.randn(n, 2, generator=rng)
 
 
 def _mlp(sizes: list[int], wrap=lambda layer: layer) -> nn.Sequential:
@@ -87,7 +87,7 @@ def mlp_generator(latent: int, hidden: int, out_features: int, depth: int = 3) -
     """``depth`` linear layers with leaky-ReLU between them and a linear output (no normalization).
     Used in ``chapters/08_spectral_norm.ipynb``."""
     for value, name in ((latent, "latent"), (hidden, "hidden"), (out_features, "out_features"), (depth, "depth")):
-        C.check_positive_int(value, name)
+        V.check_positive_int(value, name)
     return _mlp([latent] + [hidden] * (depth - 1) + [out_features])
 
 
@@ -99,7 +99,7 @@ def mlp_discriminator(in_features: int, hidden: int, constraint: str = "none", d
     if constraint not in CONSTRAINTS:
         raise ValueError(f"constraint: expected one of {CONSTRAINTS}, got {constraint!r}")
     for value, name in ((in_features, "in_features"), (hidden, "hidden"), (depth, "depth")):
-        C.check_positive_int(value, name)
+        V.check_positive_int(value, name)
     wrap = {"spectral_norm": spectral_norm, "weight_norm": weight_norm}.get(constraint, lambda layer: layer)
     return _mlp([in_features] + [hidden] * (depth - 1) + [1], wrap)
 
@@ -110,19 +110,19 @@ class GAN(nn.Module):
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, latent: int):
         super().__init__()
-        C.check_positive_int(latent, "latent")
+        V.check_positive_int(latent, "latent")
         self.generator, self.discriminator, self.latent = generator, discriminator, latent
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
         device = next(self.generator.parameters()).device
-        return self.generator(torch.randn(n, self.latent, generator=generator).to(device))
+        return self.generator(torch.randn(n, self.latent, generator=rng).to(device))
 
 
 class AlternatingObjective:
-    """The ``loss_fn`` that :func:`normlib.train.fit` needs to train a :class:`GAN`.
+    """The ``loss_fn`` that :func:`normlib.book.train.fit` needs to train a :class:`GAN`.
 
     ``fit`` must be given the generator's optimizer and mini-batches of ``n_dis * batch`` real
     examples. Each call splits the mini-batch into ``n_dis`` slices and updates the
@@ -138,24 +138,24 @@ class AlternatingObjective:
     Used in ``chapters/08_spectral_norm.ipynb``.
     """
 
-    def __init__(self, discriminator_optimizer: torch.optim.Optimizer, n_dis: int, generator: torch.Generator,
+    def __init__(self, discriminator_optimizer: torch.optim.Optimizer, n_dis: int, rng: torch.Generator,
                  loss: str = "standard", clip: float | None = None):
-        C.check_positive_int(n_dis, "n_dis")
+        V.check_positive_int(n_dis, "n_dis")
         if loss not in ("standard", "wasserstein"):
             raise ValueError(f"loss: expected 'standard' or 'wasserstein', got {loss!r}")
         if clip is not None and not clip > 0:
             raise ValueError(f"clip: expected None or a positive number, got {clip!r}")
-        self.optimizer, self.n_dis, self.generator, self.loss, self.clip = (
-            discriminator_optimizer, n_dis, generator, loss, clip)
+        self.optimizer, self.n_dis, self.rng, self.loss, self.clip = (
+            discriminator_optimizer, n_dis, rng, loss, clip)
         self.discriminator_loss = float("nan")
 
     def _discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.loss == "wasserstein":
             return fake_logits.mean() - real_logits.mean()
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        return TF.softplus(-real_logits).mean() + TF.softplus(fake_logits).mean()
 
     def _generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        return -fake_logits.mean() if self.loss == "wasserstein" else F.softplus(-fake_logits).mean()
+        return -fake_logits.mean() if self.loss == "wasserstein" else TF.softplus(-fake_logits).mean()
 
     def __call__(self, gan: GAN, batch: tuple[torch.Tensor]) -> torch.Tensor:
         (real,) = batch
@@ -163,7 +163,7 @@ class AlternatingObjective:
             raise ValueError(f"batch: expected a multiple of n_dis = {self.n_dis} examples, got {len(real)}")
         for real_slice in real.chunk(self.n_dis):
             with torch.no_grad():
-                fake = gan.sample(len(real_slice), self.generator)
+                fake = gan.sample(len(real_slice), self.rng)
             logits = gan.discriminator(torch.cat([real_slice, fake]))
             loss = self._discriminator_loss(*logits.split(len(real_slice)))
             self.optimizer.zero_grad(set_to_none=True)
@@ -174,14 +174,14 @@ class AlternatingObjective:
                     for p in gan.discriminator.parameters():
                         p.clamp_(-self.clip, self.clip)
         self.discriminator_loss = loss.item()
-        return self._generator_loss(gan.discriminator(gan.sample(len(real) // self.n_dis, self.generator)))
+        return self._generator_loss(gan.discriminator(gan.sample(len(real) // self.n_dis, self.rng)))
 
 
 def nearest_mode(samples: torch.Tensor, centers: torch.Tensor, max_distance: float) -> torch.Tensor:
     """Index of the nearest center for each sample, or -1 where it is farther than ``max_distance``.
     Used in ``chapters/08_spectral_norm.ipynb``."""
-    C.check_tensor(samples, "samples", min_dim=2, max_dim=2)
-    C.check_tensor(centers, "centers", min_dim=2, max_dim=2)
+    V.check_tensor(samples, "samples", min_dim=2, max_dim=2)
+    V.check_tensor(centers, "centers", min_dim=2, max_dim=2)
     distance, index = torch.cdist(samples.float(), centers.float()).min(dim=1)
     return torch.where(distance <= max_distance, index, torch.full_like(index, -1))
 
@@ -190,26 +190,25 @@ def modes_covered(assignments: torch.Tensor, modes: int, min_share: float = 0.25
     """How many modes receive at least ``min_share`` of their fair share (``n / modes``) of the
     samples; ``assignments`` holds a mode index per sample, -1 for a sample of no mode.
     Used in ``chapters/08_spectral_norm.ipynb``."""
-    C.check_positive_int(modes, "modes")
-    if not 0 < min_share <= 1:
-        raise ValueError(f"min_share: expected a number in (0, 1], got {min_share!r}")
+    V.check_positive_int(modes, "modes")
+    V.check_number(min_share, "min_share", 0, 1, open_low=True)
     kept = assignments[assignments >= 0]
     counts = torch.bincount(kept, minlength=modes)
     return int((counts >= min_share * len(assignments) / modes).sum())
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
-                       generator: torch.Generator | None = None) -> float:
+                       rng: torch.Generator | None = None) -> float:
     """Sliced 1-Wasserstein distance between two equal-size samples ``(n, d)``: the average over
     random unit directions of the 1-D Wasserstein distance between the projected samples (sorted
     projections, compared in order). Zero for identical distributions, and it grows both when
     samples miss part of the data and when they fall where there is none.
     Used in ``chapters/08_spectral_norm.ipynb``."""
-    C.check_tensor(a, "a", min_dim=2, max_dim=2)
-    C.check_tensor(b, "b", min_dim=2, max_dim=2)
+    V.check_tensor(a, "a", min_dim=2, max_dim=2)
+    V.check_tensor(b, "b", min_dim=2, max_dim=2)
     if a.shape != b.shape:
         raise ValueError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
-    directions = F.normalize(torch.randn(a.shape[1], projections, generator=generator), dim=0)
+    directions = TF.normalize(torch.randn(a.shape[1], projections, generator=rng), dim=0)
     pa = (a.float().cpu() @ directions).sort(dim=0).values
     pb = (b.float().cpu() @ directions).sort(dim=0).values
     return (pa - pb).abs().mean().item()

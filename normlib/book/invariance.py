@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from normlib import functional as F
+from normlib import functional as NF
 
 __all__ = ["METHODS", "TRANSFORMS", "PAPER_TABLE", "is_invariant", "invariance_table"]
 
@@ -28,11 +28,11 @@ def _weight_norm(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "BatchNorm": lambda W, x: F.batch_norm(x @ W.T, None, None, training=True, eps=_EPS),
+    "BatchNorm": lambda W, x: NF.batch_norm(x @ W.T, None, None, training=True, eps=_EPS),
     "WeightNorm": _weight_norm,
-    "LayerNorm": lambda W, x: F.layer_norm(x @ W.T, (W.shape[0],), eps=_EPS),
-    "RMSNorm": lambda W, x: F.rms_norm(x @ W.T, (W.shape[0],), eps=_EPS),
-    "GroupNorm (G=2)": lambda W, x: F.group_norm((x @ W.T).unsqueeze(-1), 2, eps=_EPS).squeeze(-1),
+    "LayerNorm": lambda W, x: NF.layer_norm(x @ W.T, (W.shape[0],), eps=_EPS),
+    "RMSNorm": lambda W, x: NF.rms_norm(x @ W.T, (W.shape[0],), eps=_EPS),
+    "GroupNorm (G=2)": lambda W, x: NF.group_norm((x @ W.T).unsqueeze(-1), 2, eps=_EPS).squeeze(-1),
 }
 
 

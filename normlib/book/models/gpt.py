@@ -1,6 +1,6 @@
 """A small pre-norm GPT (decoder-only transformer) whose normalization layer is a parameter,
 in the spirit of nanoGPT's single readable file. The attention and the rotary position
-encoding are shared with :mod:`normlib.models.ngpt`."""
+encoding are shared with :mod:`normlib.book.models.ngpt`."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """The residual stream after the embedding and after each block, ``(N, T, width)`` each."""
-        check_context(ids, self.context)
+        check_token_ids(ids, self.context)
         x = self.token(ids)
         if hasattr(self, "position"):
             x = x + self.position(torch.arange(ids.shape[1], device=ids.device))
@@ -112,7 +112,7 @@ class GPT(nn.Module):
         return self.head(self.norm(self.hidden_states(ids)[-1]))
 
 
-def check_context(ids: torch.Tensor, context: int) -> None:
+def check_token_ids(ids: torch.Tensor, context: int) -> None:
     if ids.dim() != 2 or ids.dtype != torch.long:
         raise ValueError(f"ids: expected a (N, T) tensor of int64 token ids, got shape {tuple(ids.shape)} and {ids.dtype}")
     if ids.shape[1] > context:

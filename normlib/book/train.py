@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from normlib import distributed
+from normlib import _validation as V
+from normlib.book import processes
 
 __all__ = ["seed_everything", "minibatches", "History", "fit", "warmup_cosine", "accuracy", "next_token_loss"]
 
@@ -33,24 +34,24 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def minibatches(tensors: Sequence[torch.Tensor], batch_size: int, generator: torch.Generator,
-                rank: int = 0, world: int = 1) -> Iterator[tuple]:
+                rank: int = 0, world_size: int = 1) -> Iterator[tuple]:
     """Endless shuffled mini-batches (each epoch a new permutation, incomplete batches dropped).
 
-    With ``world`` processes, each mini-batch of ``batch_size`` examples is split between them
+    With ``world_size`` processes, each mini-batch of ``batch_size`` examples is split between them
     the way ``torch.utils.data.DistributedSampler`` splits a dataset (process ``rank`` takes every
-    ``world``-th example, starting at ``rank``), so the processes together see exactly the batches
+    ``world_size``-th example, starting at ``rank``), so the processes together see exactly the batches
     of a single-process run with the same generator."""
     n = len(tensors[0])
     if any(len(t) != n for t in tensors):
         raise ValueError(f"tensors: expected the same length, got {[len(t) for t in tensors]}")
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size: expected an int in [1, {n}], got {batch_size}")
-    if batch_size % world:
-        raise ValueError(f"batch_size: expected a multiple of the number of processes ({world}), got {batch_size}")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size: expected a multiple of the number of processes ({world_size}), got {batch_size}")
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch_size + 1, batch_size):
-            index = order[start:start + batch_size][rank::world]
+            index = order[start:start + batch_size][rank::world_size]
             yield tuple(t[index] for t in tensors)
 
 
@@ -117,7 +118,7 @@ def fit(
     over processes, evaluation runs on rank 0 and is shared, and only rank 0 shows progress.
     Every process returns the same history.
     """
-    if distributed.init_from_environment():
+    if processes.init_from_environment():
         with _synchronized_batch_norm(model, sync_batch_norm):
             return _fit(torch.nn.parallel.DistributedDataParallel(model), model, data, loss_fn, optimizer, steps,
                         batch_size, generator, evaluate, eval_every, after_step, scheduler, progress, log_every)
@@ -148,7 +149,7 @@ def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, 
     distributed run), ``module`` the user's model."""
     from tqdm import tqdm  # a text bar: no widget dependency, works in a terminal and in Jupyter
 
-    rank, world = distributed.rank(), distributed.world_size()
+    rank, world_size = processes.rank(), processes.world_size()
     history = History()
     evaluation_seconds = 0.0
 
@@ -160,7 +161,7 @@ def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, 
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            metrics = distributed.broadcast_from_rank_0(evaluate(module) if rank == 0 else None)
+            metrics = processes.broadcast_from_rank_0(evaluate(module) if rank == 0 else None)
         module.train(was_training)
         training_seconds = begin - start - evaluation_seconds if step else 0.0
         history.log(step, seconds=training_seconds, **metrics)
@@ -168,13 +169,13 @@ def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, 
 
     run_evaluation(0)  # step 0 records 0 seconds; the clock starts below
     model.train()
-    batches = minibatches(data, batch_size, generator, rank, world)
+    batches = minibatches(data, batch_size, generator, rank, world_size)
     bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else None,
                disable=not progress or rank != 0, leave=False, mininterval=1.0)
     start, evaluation_seconds = time.perf_counter(), 0.0
     for step in bar:
         loss = loss_fn(model, next(batches))
-        loss_value = distributed.all_reduce_mean(loss.item())  # every process stops together
+        loss_value = processes.all_reduce_mean(loss.item())  # every process stops together
         if not math.isfinite(loss_value):
             history.diverged = True
             history.log(step, loss=float("inf"))
@@ -208,8 +209,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0,
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     if not isinstance(warmup, int) or not 0 <= warmup < steps:
         raise ValueError(f"warmup: expected an int in [0, {steps - 1}], got {warmup!r}")
-    if not 0 <= final_fraction <= 1:
-        raise ValueError(f"final_fraction: expected a number in [0, 1], got {final_fraction!r}")
+    V.check_number(final_fraction, "final_fraction", 0, 1)
 
     def factor(step: int) -> float:
         if step < warmup:

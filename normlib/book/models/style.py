@@ -25,7 +25,7 @@ import os
 import torch
 from torch import nn
 
-from normlib import _checks as C
+from normlib import _validation as V
 from normlib.functional import adain
 
 __all__ = ["VGG19Encoder", "RandomEncoder", "Decoder", "AdaINStylizer", "StylizationNetwork", "optimize_image",
@@ -69,7 +69,7 @@ class _Encoder(nn.Module):
         return [self.features[i - 1].out_channels for i in self.taps]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        C.check_tensor(images, "images", min_dim=4)
+        V.check_tensor(images, "images", min_dim=4)
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected an (N, 3, H, W) RGB batch, got shape {tuple(images.shape)}")
         if min(images.shape[-2:]) < 8:
@@ -114,7 +114,7 @@ class RandomEncoder(_Encoder):
     Derived in ``chapters/06_instance_norm.ipynb``."""
 
     def __init__(self, width: int = 16, seed: int = 0):
-        C.check_positive_int(width, "width")
+        V.check_positive_int(width, "width")
         super().__init__([w if w == "M" else w * width // 64 for w in _VGG19_TO_RELU4_1])
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -129,8 +129,8 @@ def channel_statistics(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch
     """Per-image, per-channel mean and standard deviation ``sqrt(var + eps)`` of ``(N, C, H, W)``
     features, each ``(N, C)``: the statistics instance normalization removes.
     Derived in ``chapters/07_adain.ipynb``."""
-    C.check_tensor(features, "features", min_dim=3)
-    C.check_eps(eps)
+    V.check_tensor(features, "features", min_dim=3)
+    V.check_eps(eps)
     var, mean = torch.var_mean(features.flatten(2), dim=-1, correction=0)
     return mean, (var + eps).sqrt()
 
@@ -199,8 +199,7 @@ class AdaINStylizer(nn.Module):
 
     @staticmethod
     def _mix(content_features: torch.Tensor, style_features: torch.Tensor, alpha: float) -> torch.Tensor:
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+        V.check_number(alpha, "alpha", 0, 1)
         return alpha * adain(content_features, style_features) + (1 - alpha) * content_features
 
     def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -240,8 +239,8 @@ class StylizationNetwork(nn.Module):
 
     def __init__(self, norm, width: int = 16, residual_blocks: int = 3):
         super().__init__()
-        C.check_positive_int(width, "width")
-        C.check_positive_int(residual_blocks, "residual_blocks")
+        V.check_positive_int(width, "width")
+        V.check_positive_int(residual_blocks, "residual_blocks")
 
         def conv(a, b, kernel, stride=1):
             return [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(a, b, kernel, stride)]
@@ -258,7 +257,7 @@ class StylizationNetwork(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        C.check_tensor(images, "images", min_dim=4)
+        V.check_tensor(images, "images", min_dim=4)
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected an (N, 3, H, W) RGB batch, got shape {tuple(images.shape)}")
         if images.shape[-2] % 4 or images.shape[-1] % 4 or min(images.shape[-2:]) < 8:
@@ -273,7 +272,7 @@ def optimize_image(encoder: _Encoder, content: torch.Tensor, style: torch.Tensor
     start from the content image and minimize ``content_loss(f(x), f(content)) + style_weight *
     style_loss(f(x), f(style))`` over the pixels with Adam. Returns the image (clamped to [0, 1])
     and the style loss before each step. Derived in ``chapters/07_adain.ipynb``."""
-    C.check_positive_int(steps, "steps")
+    V.check_positive_int(steps, "steps")
     image = content.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([image], lr=lr)
     with torch.no_grad():

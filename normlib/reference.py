@@ -1,0 +1,161 @@
+"""Reference implementations: each normalization written out plainly in PyTorch, as the chapters
+derive it. They are what every other path is tested against (as ``torch._refs`` is to ATen):
+:mod:`normlib.functional` validates its arguments and then runs either torch's native CPU op
+(where its numerics are these), the Triton kernels (CUDA), or these functions.
+
+The numerics every path shares:
+
+* statistics are computed in float32 for float16/bfloat16/float32 inputs (float64 for float64),
+  and the result is cast back to the input's dtype;
+* variances come from :func:`torch.var_mean`, a stable (two-pass) reduction, never from
+  ``E[x^2] - E[x]^2`` on the raw input;
+* an empty batch gives an empty result (and leaves running statistics alone), as in torch.
+
+These functions do not check their arguments: call :mod:`normlib.functional` for that.
+Notation (the book's): input ``(N, C, *)``; ``mu``, ``sigma^2`` the mean and biased variance over
+the reduced axes; ``eps`` inside the square root; ``gamma`` (``weight``), ``beta`` (``bias``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as TF
+
+from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dtype
+
+__all__ = ["standardize", "batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
+           "instance_norm", "local_response_norm", "adain", "l2_normalize"]
+
+
+def standardize(x: torch.Tensor, dims, eps: float):
+    """``(x - mu) / sqrt(sigma^2 + eps)`` over ``dims`` in the statistics dtype, with mu and sigma^2.
+    Derived in ``chapters/02_batch_norm.ipynb``."""
+    xs = x.to(stats_dtype(x.dtype))
+    if xs.numel() == 0:  # nothing to normalize (and no statistics worth a warning from var_mean)
+        zeros = xs.sum(dim=dims, keepdim=True)
+        return xs, zeros, zeros
+    var, mean = torch.var_mean(xs, dim=dims, keepdim=True, correction=0)
+    return (xs - mean) * torch.rsqrt(var + eps), mean, var
+
+
+def _affine(y: torch.Tensor, weight, bias, view=lambda p: p) -> torch.Tensor:
+    if weight is not None:
+        y = y * view(weight).to(y.dtype)
+    if bias is not None:
+        y = y + view(bias).to(y.dtype)
+    return y
+
+
+def _update_running(running: torch.Tensor | None, batch_stat: torch.Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch_stat``, in place, without grad."""
+    if running is not None:
+        with torch.no_grad():
+            running.mul_(1 - momentum).add_(batch_stat.detach().to(running.dtype), alpha=momentum)
+
+
+def _unbiased(var: torch.Tensor, count: int) -> torch.Tensor:
+    return var * (count / (count - 1))
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5) -> torch.Tensor:
+    """Batch normalization of ``(N, C, *)``: per channel over the batch and positions (training:
+    batch statistics, running ones updated with the unbiased variance; evaluation: running ones).
+    Derived in ``chapters/02_batch_norm.ipynb``."""
+    view = lambda p: per_channel(p, input.dim())  # noqa: E731
+    if not training:
+        sd = stats_dtype(input.dtype)
+        y = (input.to(sd) - view(running_mean.to(sd))) * torch.rsqrt(view(running_var.to(sd)) + eps)
+    else:
+        y, mean, var = standardize(input, batch_axes(input.dim()), eps)
+        count = input.numel() // input.shape[1] if input.shape[1] else 0
+        if count > 1:
+            _update_running(running_mean, mean.flatten(), momentum)
+            _update_running(running_var, _unbiased(var.flatten(), count), momentum)
+    return _affine(y, weight, bias, view).to(input.dtype)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` axes of each example.
+    Derived in ``chapters/03_layer_norm.ipynb``."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    y, _, _ = standardize(input, dims, eps)
+    return _affine(y, weight, bias).to(input.dtype)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None) -> torch.Tensor:
+    """``x / sqrt(mean(x^2) + eps) * gamma`` over the trailing axes; ``eps=None`` is the input
+    dtype's machine epsilon. Derived in ``chapters/04_rms_norm.ipynb``."""
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    dims = tuple(range(-len(normalized_shape), 0))
+    xs = input.to(stats_dtype(input.dtype))
+    y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
+    return _affine(y, weight, None).to(input.dtype)
+
+
+def partial_rms_norm(input, normalized_shape, fraction, weight=None, eps=None) -> torch.Tensor:
+    """pRMSNorm: the RMS estimated from the first ``ceil(fraction * n)`` of the ``n`` normalized
+    features (row-major order), every feature divided by it. Derived in ``chapters/04_rms_norm.ipynb``."""
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    n = math.prod(normalized_shape)
+    k = max(1, math.ceil(fraction * n))
+    xs = input.to(stats_dtype(input.dtype))
+    flat = xs.reshape(*input.shape[: input.dim() - len(normalized_shape)], n)
+    mean_square = flat[..., :k].square().mean(dim=-1, keepdim=True)
+    y = (flat * torch.rsqrt(mean_square + eps)).reshape(input.shape)
+    return _affine(y, weight, None).to(input.dtype)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """Per example, statistics over each group of ``C / num_groups`` channels and all positions.
+    Derived in ``chapters/05_group_norm.ipynb``."""
+    n, channels = input.shape[:2]
+    # explicit sizes: a -1 cannot be inferred for an empty batch
+    group_size = (channels // num_groups) * math.prod(input.shape[2:])
+    y, _, _ = standardize(input.reshape(n, num_groups, group_size), -1, eps)
+    return _affine(y.reshape(input.shape), weight, bias, lambda p: per_channel(p, input.dim())).to(input.dtype)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5) -> torch.Tensor:
+    """Each channel of each example over its positions; running statistics (if given) track the
+    batch average of the per-instance ones. Derived in ``chapters/06_instance_norm.ipynb``."""
+    view = lambda p: per_channel(p, input.dim())  # noqa: E731
+    if not use_input_stats:
+        sd = stats_dtype(input.dtype)
+        y = (input.to(sd) - view(running_mean.to(sd))) * torch.rsqrt(view(running_var.to(sd)) + eps)
+        return _affine(y, weight, bias, view).to(input.dtype)
+    y, mean, var = standardize(input, spatial_axes(input.dim()), eps)
+    count = math.prod(input.shape[2:])
+    if input.shape[0] > 0 and count > 1:
+        _update_running(running_mean, mean.flatten(1).mean(0), momentum)
+        _update_running(running_var, _unbiased(var.flatten(1), count).mean(0), momentum)
+    return _affine(y, weight, bias, view).to(input.dtype)
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0) -> torch.Tensor:
+    """``x_c / (k + alpha / size * sum_{c' near c} x_{c'}^2) ** beta`` over a zero-padded window of
+    ``size`` channels centred on ``c``. Described in ``chapters/00_introduction.ipynb``."""
+    xs = input.to(stats_dtype(input.dtype))
+    # F.pad lists (before, after) pairs from the last dimension backwards; only channels are padded
+    pad = [0, 0] * (input.dim() - 2) + [size // 2, (size - 1) // 2]
+    window_sum = TF.pad(xs.square(), pad).unfold(1, size, 1).sum(-1)
+    return (xs / (k + alpha / size * window_sum).pow(beta)).to(input.dtype)
+
+
+def adain(content, style, eps=1e-5) -> torch.Tensor:
+    """``sigma(y) (x - mu(x)) / sigma(x) + mu(y)``, per-instance, per-channel statistics over the
+    positions, ``sigma = sqrt(var + eps)``. Derived in ``chapters/07_adain.ipynb``."""
+    dims = spatial_axes(content.dim())
+    normalized, _, _ = standardize(content, dims, eps)
+    style_var, style_mean = torch.var_mean(style.to(normalized.dtype), dim=dims, keepdim=True, correction=0)
+    return (normalized * torch.sqrt(style_var + eps) + style_mean).to(content.dtype)
+
+
+def l2_normalize(x, dim=-1, eps=1e-12) -> torch.Tensor:
+    """``x / max(||x||, eps)`` along ``dim``. Derived in ``chapters/09_ngpt.ipynb``."""
+    xs = x.to(stats_dtype(x.dtype))
+    norm = torch.linalg.vector_norm(xs, dim=dim, keepdim=True)
+    return (xs / norm.clamp_min(eps)).to(x.dtype)
