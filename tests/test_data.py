@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from normlib import data
+from normlib.book import data
 
 
 def test_mnist_loads_with_expected_shapes_and_classes():
@@ -31,11 +31,11 @@ def test_shakespeare_and_tokenizer_round_trip():
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path, monkeypatch):
-    monkeypatch.setenv("NORMLIB_DATA", str(tmp_path))
-    with pytest.raises(data.DataError, match="data file mnist10k.npz not found"):
+    checkout_data = data.data_dir()
+    monkeypatch.setenv("NORMBOOK_DATA", str(tmp_path))
+    with pytest.raises(data.DataError, match="data file mnist10k.npz not found .* set NORMBOOK_DATA"):
         data.load_mnist()
-    shutil.copy(data.data_path.__globals__["Path"](__file__).parent.parent / "data" / "shakespeare.txt",
-                tmp_path / "shakespeare.txt")
+    shutil.copy(checkout_data / "shakespeare.txt", tmp_path / "shakespeare.txt")
     assert data.load_shakespeare().startswith("HAMLET")
     with open(tmp_path / "shakespeare.txt", "a") as f:
         f.write("tampered")
@@ -76,3 +76,17 @@ def test_random_crops_are_reproducible_and_come_from_the_images():
         data.random_crops(images, 1, 9, torch.Generator())
     with pytest.raises(ValueError, match="name: expected one of"):
         data.load_photo("mona_lisa")
+
+
+def test_data_folder_is_found_from_a_checkout_an_argument_or_not_at_all(tmp_path, monkeypatch):
+    """An installed wheel has no data/ beside it: the folder is found from the current directory
+    inside a checkout, given as an argument, or reported with what to do."""
+    checkout_data = data.data_dir()
+    assert (checkout_data / "README.md").is_file()
+    assert data.data_path("shakespeare.txt", root=checkout_data).parent == checkout_data
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "normlib" / "book" / "data.py"))
+    monkeypatch.chdir(checkout_data.parent / "chapters")
+    assert data.data_dir() == checkout_data
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataError, match="data/ folder was not found: .* NORMBOOK_DATA"):
+        data.data_dir()

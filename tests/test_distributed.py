@@ -1,12 +1,13 @@
 """SyncBatchNorm and the training loop across processes: CPU processes joined by gloo,
-spawned by the tests themselves (normlib.distributed.spawn). Each spawn costs a few seconds."""
+spawned by the tests themselves (normlib.book.processes.spawn). Each spawn costs a few seconds."""
 
 import pytest
 import torch
 
 from normlib import distributed, nn
-from normlib.distributed import merge_statistics, spawn
-from normlib.train import fit, seed_everything
+from normlib.book.processes import spawn
+from normlib.distributed import merge_statistics
+from normlib.book.train import fit, seed_everything
 
 C = 3
 

@@ -1,4 +1,4 @@
-"""normlib.gan: data, models, the alternating objective inside normlib.train.fit, and metrics."""
+"""normlib.book.gan: data, models, the alternating objective inside normlib.book.train.fit, and metrics."""
 
 import math
 import re
@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-from normlib import gan
+from normlib.book import gan
 from normlib.spectral import spectral_norm_estimates
-from normlib.train import fit
+from normlib.book.train import fit
 
 
 def test_ring_of_gaussians_has_its_modes_where_the_centers_are():
@@ -35,11 +35,11 @@ def test_modes_covered_counts_modes_with_a_quarter_of_their_share():
 def test_sliced_wasserstein_is_zero_for_equal_samples_and_measures_a_shift():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(4000, 2, generator=g)
-    assert gan.sliced_wasserstein(a, a.clone(), generator=g) == 0
+    assert gan.sliced_wasserstein(a, a.clone(), rng=g) == 0
     # shifting every sample by t along x: each direction's 1-D distance is t |cos angle|,
     # whose average over directions in the plane is 2 t / pi
     shifted = a + torch.tensor([0.5, 0.0])
-    assert gan.sliced_wasserstein(a, shifted, projections=4096, generator=g) == pytest.approx(1 / math.pi, rel=0.05)
+    assert gan.sliced_wasserstein(a, shifted, projections=4096, rng=g) == pytest.approx(1 / math.pi, rel=0.05)
 
 
 def test_discriminators_apply_their_constraint():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from conftest import TOLERANCES
+from tolerances import TOLERANCES
 
 GPU = torch.cuda.is_available()
 if platform.system() == "Linux" and platform.machine() == "x86_64":
@@ -20,7 +20,7 @@ else:
     pytest.importorskip("triton")
 assert GPU or os.environ.get("TRITON_INTERPRET") == "1", "without a GPU the kernels need TRITON_INTERPRET=1 (conftest sets it)"
 
-from normlib import functional as F  # noqa: E402
+from normlib import functional as NF  # noqa: E402
 from normlib import kernels  # noqa: E402
 from normlib.kernels import batch_norm as kbn  # noqa: E402
 from normlib.kernels import group_norm as kgn  # noqa: E402
@@ -30,7 +30,7 @@ from normlib.kernels._common import INTERPRETER_PROGRAMS  # noqa: E402
 DEVICE = "cuda" if GPU else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Gradients against a float64 reference on the same rounded inputs: sums over rows and a few more
-# roundings than the outputs (whose tolerances are the shared ones of conftest.py)
+# roundings than the outputs (whose tolerances are the shared ones of tests/tolerances.py)
 GRAD_TOLERANCES = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=4e-3, rtol=4e-3),
                    torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
@@ -267,7 +267,7 @@ def test_batch_norm_splits_long_channels_and_handles_other_ranks():
     # more values per channel than one split holds: several splits merged with Chan's formula
     x = torch.randn(40, 2, 30, 30, device=DEVICE) + 1e3
     y, mean, var = kbn.batch_norm_training(x)
-    assert kbn._splits(40 * 900) > 1
+    assert kbn._split_count(40 * 900) > 1
     # float32 resolves 6e-5 at 1000: a float32 mean is up to 3e-5 standard deviations off here
     torch.testing.assert_close(y.double(), TF.batch_norm(x.double(), None, None, training=True), atol=1e-4, rtol=1e-5)
     x2 = torch.randn(5, 4, device=DEVICE)
@@ -281,8 +281,10 @@ def test_batch_norm_splits_long_channels_and_handles_other_ranks():
 
 def test_functional_dispatch_reaches_the_kernels(monkeypatch):
     # normlib.functional sends CUDA tensors to the kernels; here the dispatch is forced (CPU tensors
-    # run in the interpreter), so the same code path is checked without a GPU
-    monkeypatch.setattr(F, "_use_kernels", lambda input: True)
+    # run in the interpreter, and torch's native CPU path is switched off), so the same code path is
+    # checked without a GPU
+    monkeypatch.setattr(NF, "_use_kernels", lambda input: True)
+    monkeypatch.setattr(NF, "_native_cpu", lambda *args, **kwargs: False)
     calls = []
     for module, name in [(rowwise, "layer_norm"), (rowwise, "rms_norm"), (kgn, "group_norm"),
                          (kbn, "batch_norm_training"), (kbn, "batch_norm_inference")]:
@@ -290,19 +292,19 @@ def test_functional_dispatch_reaches_the_kernels(monkeypatch):
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     x = torch.randn(4, 6, 3, 5, device=DEVICE)
     w, b = torch.rand(6, device=DEVICE) + 0.5, torch.randn(6, device=DEVICE)
-    close(F.layer_norm(x, (3, 5)), TF.layer_norm(x, (3, 5)), torch.float32)
+    close(NF.layer_norm(x, (3, 5)), TF.layer_norm(x, (3, 5)), torch.float32)
     weight_5 = torch.rand(5, device=DEVICE)
-    close(F.rms_norm(x, (5,), weight_5, eps=1e-6), TF.rms_norm(x, (5,), weight_5, 1e-6), torch.float32)
-    close(F.rms_norm(x, (3, 5), eps=1e-6), TF.rms_norm(x, (3, 5), None, 1e-6), torch.float32)
-    close(F.group_norm(x, 3, w, b), TF.group_norm(x, 3, w, b), torch.float32)
-    close(F.instance_norm(x, weight=w, bias=b), TF.instance_norm(x, weight=w, bias=b), torch.float32)
+    close(NF.rms_norm(x, (5,), weight_5, eps=1e-6), TF.rms_norm(x, (5,), weight_5, 1e-6), torch.float32)
+    close(NF.rms_norm(x, (3, 5), eps=1e-6), TF.rms_norm(x, (3, 5), None, 1e-6), torch.float32)
+    close(NF.group_norm(x, 3, w, b), TF.group_norm(x, 3, w, b), torch.float32)
+    close(NF.instance_norm(x, weight=w, bias=b), TF.instance_norm(x, weight=w, bias=b), torch.float32)
     ours_mean, ours_var = torch.zeros(6, device=DEVICE), torch.ones(6, device=DEVICE)
     theirs_mean, theirs_var = ours_mean.clone(), ours_var.clone()
-    close(F.batch_norm(x, ours_mean, ours_var, w, b, training=True, momentum=0.3),
+    close(NF.batch_norm(x, ours_mean, ours_var, w, b, training=True, momentum=0.3),
           TF.batch_norm(x, theirs_mean, theirs_var, w, b, training=True, momentum=0.3), torch.float32)
     torch.testing.assert_close(ours_mean, theirs_mean)
     torch.testing.assert_close(ours_var, theirs_var)     # unbiased variance, torch's momentum
-    close(F.batch_norm(x, ours_mean, ours_var, w, b), TF.batch_norm(x, theirs_mean, theirs_var, w, b), torch.float32)
+    close(NF.batch_norm(x, ours_mean, ours_var, w, b), TF.batch_norm(x, theirs_mean, theirs_var, w, b), torch.float32)
     assert calls == ["layer_norm", "rms_norm", "rms_norm", "group_norm", "group_norm", "batch_norm_training",
                      "batch_norm_inference"]
 
@@ -342,7 +344,7 @@ def test_kernels_work_under_torch_compile():
 
 def test_bad_input_is_refused_with_the_argument_named():
     x = torch.randn(4, 8, device=DEVICE)
-    with pytest.raises(TypeError, match="input: expected float16"):
+    with pytest.raises(TypeError, match="input: expected a floating-point tensor"):
         rowwise.layer_norm(x.long())
     with pytest.raises(ValueError, match="weight: expected shape"):
         rowwise.layer_norm(x, torch.ones(7, device=DEVICE))
@@ -358,10 +360,18 @@ def test_bad_input_is_refused_with_the_argument_named():
 
 
 def test_backend_names_the_path(monkeypatch):
+    """The choice is made once per process; cache_clear() makes it again from the environment."""
+    def decide():
+        kernels.backend.cache_clear()
+        return kernels.backend()
+    first = kernels.backend()
     monkeypatch.setenv("NORMLIB_DISABLE_KERNELS", "1")
-    assert kernels.backend() == "reference: NORMLIB_DISABLE_KERNELS=1" and not kernels.available()
+    assert kernels.backend() == first  # cached: not re-read on every call
+    assert decide() == "reference: NORMLIB_DISABLE_KERNELS=1" and not kernels.available()
     monkeypatch.delenv("NORMLIB_DISABLE_KERNELS")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend() == "interpreter"
+    assert decide() == "interpreter"
     monkeypatch.delenv("TRITON_INTERPRET")
-    assert kernels.backend() == ("triton" if GPU else "reference: no CUDA device")
+    assert decide() == ("triton" if GPU else "reference: no CUDA device")
+    monkeypatch.undo()
+    assert decide() == first

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import normlib.functional as F
+import normlib.functional as NF
 
 SETTINGS = settings(max_examples=40, deadline=None)
 scales = st.floats(0.05, 20.0)
@@ -29,16 +29,16 @@ def test_layer_norm_invariant_to_per_example_rescaling_and_recentering(seed, sca
     x = randn(seed, 4, d)
     per_example_scale = scale * torch.linspace(0.5, 2.0, 4, dtype=torch.float64)[:, None]
     per_example_shift = shift * torch.linspace(-1.0, 1.0, 4, dtype=torch.float64)[:, None]
-    close(F.layer_norm(x * per_example_scale + per_example_shift, (d,), eps=EPS), F.layer_norm(x, (d,), eps=EPS))
+    close(NF.layer_norm(x * per_example_scale + per_example_shift, (d,), eps=EPS), NF.layer_norm(x, (d,), eps=EPS))
 
 
 @SETTINGS
 @given(seeds, scales, st.floats(0.5, 50.0), st.integers(2, 9))
 def test_rms_norm_invariant_to_rescaling_not_recentering(seed, scale, shift, d):
     x = randn(seed, 4, d)
-    close(F.rms_norm(x * scale, (d,), eps=EPS), F.rms_norm(x, (d,), eps=EPS))
-    moved = F.rms_norm(x + shift, (d,), eps=EPS)
-    assert (moved - F.rms_norm(x, (d,), eps=EPS)).abs().max() > 1e-3
+    close(NF.rms_norm(x * scale, (d,), eps=EPS), NF.rms_norm(x, (d,), eps=EPS))
+    moved = NF.rms_norm(x + shift, (d,), eps=EPS)
+    assert (moved - NF.rms_norm(x, (d,), eps=EPS)).abs().max() > 1e-3
 
 
 @SETTINGS
@@ -48,8 +48,8 @@ def test_batch_norm_invariant_to_dataset_rescaling_and_recentering(seed, scale, 
     # one scale and shift per channel, shared by all examples ("the dataset")
     a = scale * torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)[None, :, None]
     b = shift * torch.tensor([1.0, -2.0, 0.3], dtype=torch.float64)[None, :, None]
-    close(F.batch_norm(x * a + b, None, None, training=True, eps=EPS),
-          F.batch_norm(x, None, None, training=True, eps=EPS))
+    close(NF.batch_norm(x * a + b, None, None, training=True, eps=EPS),
+          NF.batch_norm(x, None, None, training=True, eps=EPS))
 
 
 @SETTINGS
@@ -58,7 +58,7 @@ def test_instance_norm_invariant_to_per_instance_per_channel_affine(seed, scale,
     x = randn(seed, 3, 2, 5, 4)
     a = scale * (randn(seed + 1, 3, 2, 1, 1).abs() + 0.1)
     b = shift * randn(seed + 2, 3, 2, 1, 1)
-    close(F.instance_norm(x * a + b, eps=EPS), F.instance_norm(x, eps=EPS))
+    close(NF.instance_norm(x * a + b, eps=EPS), NF.instance_norm(x, eps=EPS))
 
 
 @SETTINGS
@@ -66,8 +66,8 @@ def test_instance_norm_invariant_to_per_instance_per_channel_affine(seed, scale,
 def test_group_norm_limits(seed, groups_per, spatial):
     channels = 2 * groups_per
     x = randn(seed, 3, channels, spatial, spatial)
-    close(F.group_norm(x, 1), F.layer_norm(x, x.shape[1:]))
-    close(F.group_norm(x, channels), F.instance_norm(x))
+    close(NF.group_norm(x, 1), NF.layer_norm(x, x.shape[1:]))
+    close(NF.group_norm(x, channels), NF.instance_norm(x))
 
 
 @SETTINGS
@@ -75,7 +75,7 @@ def test_group_norm_limits(seed, groups_per, spatial):
 def test_adain_output_carries_style_statistics(seed, scale, shift):
     content = randn(seed, 2, 3, 6, 6)
     style = randn(seed + 1, 2, 3, 5, 7) * scale + shift
-    out = F.adain(content, style, eps=EPS)
+    out = NF.adain(content, style, eps=EPS)
     var_o, mean_o = torch.var_mean(out, dim=(2, 3), correction=0)
     var_s, mean_s = torch.var_mean(style, dim=(2, 3), correction=0)
     close(mean_o, mean_s)

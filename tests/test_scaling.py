@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from sklearn import preprocessing as skl
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from normlib import scaling
 
@@ -70,20 +71,58 @@ def test_standard_scaler_tiny_rounding_variance_counts_as_constant():
 
 
 @pytest.mark.parametrize("call,error,message", [
-    (lambda: scaling.StandardScaler().transform(np.ones((2, 2))), scaling.NotFittedError, "not fitted yet"),
+    (lambda: scaling.StandardScaler().transform(np.ones((2, 2))), scaling.NotFittedError, "is not fitted yet"),
     (lambda: scaling.MinMaxScaler().fit(np.ones((3, 2))).transform(np.ones((3, 3))), ValueError,
-     "X: expected 2 features as seen in fit, got 3"),
-    (lambda: scaling.MaxAbsScaler().fit(np.ones(3)), ValueError, "X: expected a 2-D array"),
-    (lambda: scaling.RobustScaler().fit(np.array([["a"]])), TypeError, "X: expected a numeric array"),
-    (lambda: scaling.StandardScaler().fit(np.array([[np.inf]])), ValueError, "X: expected finite values"),
-    (lambda: scaling.MinMaxScaler(feature_range=(1, 0)), ValueError, "feature_range: expected (min, max) with min < max"),
-    (lambda: scaling.RobustScaler(quantile_range=(80, 20)), ValueError, "quantile_range: expected 0 <= q_min"),
+     "X has 3 features, but MinMaxScaler is expecting 2 features as input"),
+    (lambda: scaling.MaxAbsScaler().fit(np.ones(3)), ValueError, "Expected 2D array, got 1D array"),
+    (lambda: scaling.RobustScaler().fit(np.array([["a"]])), ValueError, "could not convert string to float"),
+    (lambda: scaling.StandardScaler().fit(np.array([[np.inf]])), ValueError, "Input X contains infinity"),
+    (lambda: scaling.MinMaxScaler(feature_range=(1, 0)).fit(np.ones((2, 1))), ValueError,
+     "feature_range: expected (min, max) with min < max"),
+    (lambda: scaling.RobustScaler(quantile_range=(80, 20)).fit(np.ones((2, 1))), ValueError,
+     "quantile_range: expected 0 <= q_min"),
 ])
 def test_bad_input(call, error, message):
+    """The messages of scikit-learn's own validation, and ours for the parameters (checked in
+    fit, as scikit-learn's estimators do, so that set_params and clone work)."""
     with pytest.raises(error) as info:
         call()
     assert message in str(info.value)
 
 
-def test_not_fitted_error_is_a_value_error():
-    assert issubclass(scaling.NotFittedError, ValueError)
+def test_not_fitted_error_is_scikit_learns():
+    from sklearn.exceptions import NotFittedError
+
+    assert scaling.NotFittedError is NotFittedError and issubclass(NotFittedError, ValueError)
+
+
+@parametrize_with_checks([scaling.MinMaxScaler(), scaling.StandardScaler(), scaling.RobustScaler(),
+                          scaling.MaxAbsScaler(), scaling.StandardScaler(with_mean=False),
+                          scaling.RobustScaler(unit_variance=True), scaling.MinMaxScaler(clip=True)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    """scikit-learn's own estimator checks, all of them. Seven skip themselves: the array-API
+    checks, which run only with SCIPY_ARRAY_API=1 for estimators that support the array API
+    (these scalers take numpy arrays)."""
+    check(estimator)
+
+
+def test_pipeline_clone_and_grid_search():
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (120, 3)) * [1, 100, 1e4]
+    y = (X[:, 0] + X[:, 1] / 100 > 0).astype(int)
+    scaler = scaling.RobustScaler(quantile_range=(10.0, 90.0))
+    copy = clone(scaler)
+    assert copy is not scaler and copy.get_params() == scaler.get_params()
+    pipe = Pipeline([("scale", scaling.StandardScaler()), ("model", LogisticRegression())])
+    search = GridSearchCV(pipe, {"scale": [scaling.StandardScaler(), scaling.MinMaxScaler(), scaling.MaxAbsScaler()]},
+                          cv=3)
+    search.fit(X, y)
+    assert search.best_score_ > 0.9
+    pipe.set_params(scale__with_mean=False).fit(X, y)
+    assert pipe.named_steps["scale"].with_mean is False
+    assert list(pipe[:-1].get_feature_names_out(["a", "b", "c"])) == ["a", "b", "c"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from normlib import nn
-from normlib.models.style import (AdaINStylizer, Decoder, RandomEncoder, StylizationNetwork, VGG19Encoder,
+from normlib.book.models.style import (AdaINStylizer, Decoder, RandomEncoder, StylizationNetwork, VGG19Encoder,
                                   channel_statistics, content_loss, optimize_image, style_loss)
 
 TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
@@ -207,7 +207,7 @@ def test_show_images_draws_clamped_images_without_ticks():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from normlib import plot
+    from normlib.book import plot
     fig, axes = plt.subplots(1, 2)
     plot.show_images(axes, [torch.rand(3, 4, 5) * 3 - 1, torch.rand(3, 4, 5)], ["first", "second"])
     drawn = axes[0].images[0].get_array()

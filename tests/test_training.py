@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import normlib.functional as F
-from normlib import backward, nn, quadratic
-from normlib.models import MLP, SmallCNN
-from normlib.train import accuracy, fit, minibatches, seed_everything
+import normlib.functional as NF
+from normlib import nn
+from normlib.book import backward, quadratic
+from normlib.book.models import MLP, SmallCNN
+from normlib.book.train import accuracy, fit, minibatches, seed_everything
 
 
 def test_hand_derived_batch_norm_backward_matches_autograd():
@@ -16,7 +17,7 @@ def test_hand_derived_batch_norm_backward_matches_autograd():
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(6, 3, 4, 2, dtype=torch.float64)
-    F.batch_norm(x, None, None, w, b, training=True).backward(dy)
+    NF.batch_norm(x, None, None, w, b, training=True).backward(dy)
     dx, dw, db = backward.batch_norm_backward(dy, x.detach(), w.detach())
     for ours, theirs in ((dx, x.grad), (dw, w.grad), (db, b.grad)):
         torch.testing.assert_close(ours, theirs)
@@ -27,7 +28,7 @@ def test_hand_derived_layer_norm_backward_matches_autograd():
     w = torch.randn(6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(5, 4, 6, dtype=torch.float64)
-    F.layer_norm(x, (6,), w, b).backward(dy)
+    NF.layer_norm(x, (6,), w, b).backward(dy)
     dx, dw, db = backward.layer_norm_backward(dy, x.detach(), (6,), w.detach())
     for ours, theirs in ((dx, x.grad), (dw, w.grad), (db, b.grad)):
         torch.testing.assert_close(ours, theirs)
@@ -39,7 +40,7 @@ def test_hand_derived_group_norm_backward_matches_autograd(groups, weighted):
     w = torch.randn(6, dtype=torch.float64, requires_grad=True) if weighted else None
     b = torch.randn(6, dtype=torch.float64, requires_grad=True) if weighted else None
     dy = torch.randn(4, 6, 3, 5, dtype=torch.float64)
-    F.group_norm(x, groups, w, b).backward(dy)
+    NF.group_norm(x, groups, w, b).backward(dy)
     dx, dw, db = backward.group_norm_backward(dy, x.detach(), groups, w.detach() if weighted else None)
     torch.testing.assert_close(dx, x.grad)
     if weighted:
@@ -94,44 +95,44 @@ def test_small_cnn_batch_norm_at_batch_two_maps_the_hidden_layer_to_two_values()
 def test_ghost_batch_norm_normalizes_each_ghost_batch():
     x = torch.randn(12, 3) * 3 + 2
     rm, rv = torch.zeros(3), torch.ones(3)
-    out = F.ghost_batch_norm(x, 4, rm, rv, training=True, momentum=1.0)
+    out = NF.ghost_batch_norm(x, 4, rm, rv, training=True, momentum=1.0)
     for chunk_in, chunk_out in zip(x.split(4), out.split(4)):
-        torch.testing.assert_close(chunk_out, F.batch_norm(chunk_in, None, None, training=True))
+        torch.testing.assert_close(chunk_out, NF.batch_norm(chunk_in, None, None, training=True))
     chunks = x.split(4)
     torch.testing.assert_close(rm, torch.stack([c.mean(0) for c in chunks]).mean(0))
     torch.testing.assert_close(rv, torch.stack([c.var(0) for c in chunks]).mean(0))
     # ghost batch as large as the batch: plain batch norm
-    torch.testing.assert_close(F.ghost_batch_norm(x, 12, None, None, training=True),
-                               F.batch_norm(x, None, None, training=True))
-    torch.autograd.gradcheck(lambda t: F.ghost_batch_norm(t, 3, None, None, training=True),
+    torch.testing.assert_close(NF.ghost_batch_norm(x, 12, None, None, training=True),
+                               NF.batch_norm(x, None, None, training=True))
+    torch.autograd.gradcheck(lambda t: NF.ghost_batch_norm(t, 3, None, None, training=True),
                              torch.randn(9, 2, dtype=torch.float64, requires_grad=True))
 
 
 def test_mixed_batch_norm_interpolates_between_population_and_batch():
     x = torch.randn(8, 4, 3) + 1
     rm, rv = torch.randn(4), torch.rand(4) + 0.5
-    torch.testing.assert_close(F.mixed_batch_norm(x, rm, rv, 0.0), F.batch_norm(x, rm, rv))
-    torch.testing.assert_close(F.mixed_batch_norm(x, rm, rv, 1.0), F.batch_norm(x, None, None, training=True))
+    torch.testing.assert_close(NF.mixed_batch_norm(x, rm, rv, 0.0), NF.batch_norm(x, rm, rv))
+    torch.testing.assert_close(NF.mixed_batch_norm(x, rm, rv, 1.0), NF.batch_norm(x, None, None, training=True))
     # the mixed variance is the variance of the mixture of the two distributions
     alpha = 0.3
     var_b, mean_b = torch.var_mean(x, dim=(0, 2), correction=0)
     second_moment = alpha * (var_b + mean_b**2) + (1 - alpha) * (rv + rm**2)
     mean = alpha * mean_b + (1 - alpha) * rm
-    expected = F.batch_norm(x, mean, second_moment - mean**2)
-    torch.testing.assert_close(F.mixed_batch_norm(x, rm, rv, alpha), expected, atol=1e-5, rtol=1e-5)
+    expected = NF.batch_norm(x, mean, second_moment - mean**2)
+    torch.testing.assert_close(NF.mixed_batch_norm(x, rm, rv, alpha), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="alpha: expected a number in"):
-        F.mixed_batch_norm(x, rm, rv, 1.5)
-    torch.autograd.gradcheck(lambda t: F.mixed_batch_norm(t, rm.double(), rv.double(), 0.4),
+        NF.mixed_batch_norm(x, rm, rv, 1.5)
+    torch.autograd.gradcheck(lambda t: NF.mixed_batch_norm(t, rm.double(), rv.double(), 0.4),
                              torch.randn(5, 4, dtype=torch.float64, requires_grad=True))
 
 
 def test_batch_norm_module_extensions():
     bn = nn.BatchNorm1d(3, ghost_batch_size=2)
     x = torch.randn(6, 3)
-    torch.testing.assert_close(bn(x), F.ghost_batch_norm(x, 2, None, None, training=True))
+    torch.testing.assert_close(bn(x), NF.ghost_batch_norm(x, 2, None, None, training=True))
     bn.eval()
     bn.inference_alpha = 0.5
-    torch.testing.assert_close(bn(x), F.mixed_batch_norm(x, bn.running_mean, bn.running_var, 0.5))
+    torch.testing.assert_close(bn(x), NF.mixed_batch_norm(x, bn.running_mean, bn.running_var, 0.5))
     with pytest.raises(ValueError, match="ghost_batch_size: expected a positive integer"):
         nn.BatchNorm1d(3, ghost_batch_size=0)
 
@@ -187,34 +188,34 @@ def test_minibatches_cover_the_data_each_epoch():
 
 def test_partial_rms_norm():
     x = torch.randn(4, 16, dtype=torch.float64)
-    torch.testing.assert_close(F.partial_rms_norm(x, (16,), 1.0, eps=1e-6), F.rms_norm(x, (16,), eps=1e-6))
+    torch.testing.assert_close(NF.partial_rms_norm(x, (16,), 1.0, eps=1e-6), NF.rms_norm(x, (16,), eps=1e-6))
     k = 4  # p = 0.25 of 16 features
     expected = x / torch.sqrt(x[:, :k].square().mean(-1, keepdim=True) + 1e-6)
-    torch.testing.assert_close(F.partial_rms_norm(x, (16,), 0.25, eps=1e-6), expected)
-    torch.testing.assert_close(F.partial_rms_norm(x, (16,), 0.2, eps=1e-6), expected)  # ceil(3.2) = 4
-    torch.autograd.gradcheck(lambda t, w: F.partial_rms_norm(t, (16,), 0.25, w, eps=1e-6),
+    torch.testing.assert_close(NF.partial_rms_norm(x, (16,), 0.25, eps=1e-6), expected)
+    torch.testing.assert_close(NF.partial_rms_norm(x, (16,), 0.2, eps=1e-6), expected)  # ceil(3.2) = 4
+    torch.autograd.gradcheck(lambda t, w: NF.partial_rms_norm(t, (16,), 0.25, w, eps=1e-6),
                              (x.clone().requires_grad_(), torch.randn(16, dtype=torch.float64, requires_grad=True)))
-    layer = nn.RMSNorm(16, partial=0.25, eps=1e-6)
+    layer = nn.RMSNorm(16, partial_fraction=0.25, eps=1e-6)
     torch.testing.assert_close(layer(x.float()), expected.float())
     assert list(layer.state_dict()) == ["weight"]
-    with pytest.raises(ValueError, match=r"p: expected a fraction in \(0, 1\]"):
-        F.partial_rms_norm(x, (16,), 0.0)
+    with pytest.raises(ValueError, match=r"fraction: expected a number in \(0, 1\]"):
+        NF.partial_rms_norm(x, (16,), 0.0)
     # re-scaling invariant, not re-centering invariant
-    torch.testing.assert_close(F.partial_rms_norm(3 * x, (16,), 0.5, eps=1e-30), F.partial_rms_norm(x, (16,), 0.5, eps=1e-30))
+    torch.testing.assert_close(NF.partial_rms_norm(3 * x, (16,), 0.5, eps=1e-30), NF.partial_rms_norm(x, (16,), 0.5, eps=1e-30))
 
 
 def test_hand_derived_rms_norm_backward_matches_autograd():
     x = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(8, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(5, 3, 8, dtype=torch.float64)
-    F.rms_norm(x, (8,), w, eps=1e-6).backward(dy)
+    NF.rms_norm(x, (8,), w, eps=1e-6).backward(dy)
     dx, dw = backward.rms_norm_backward(dy, x.detach(), (8,), w.detach(), eps=1e-6)
     torch.testing.assert_close(dx, x.grad)
     torch.testing.assert_close(dw, w.grad)
 
 
 def test_invariance_table_matches_the_paper_and_rmsnorm_theory():
-    from normlib import invariance
+    from normlib.book import invariance
 
     table = invariance.invariance_table()
     for method, row in invariance.PAPER_TABLE.items():
@@ -225,14 +226,14 @@ def test_invariance_table_matches_the_paper_and_rmsnorm_theory():
 
 
 def test_language_models_shapes_and_training_step():
-    from normlib.data import language_model_windows
-    from normlib.models import GPT, CharLSTM
+    from normlib.book.data import language_model_windows
+    from normlib.book.models import GPT, CharLSTM
 
     ids = torch.arange(101) % 7
     inputs, targets = language_model_windows(ids, 10)
     assert inputs.shape == (10, 10) and torch.equal(targets[0], ids[1:11])
     for model in (CharLSTM(7, 16, layer_norm=True), CharLSTM(7, 16), GPT(7, 10, width=16, depth=1, heads=2),
-                  GPT(7, 10, width=16, depth=1, heads=2, norm=lambda d: nn.RMSNorm(d, partial=0.5))):
+                  GPT(7, 10, width=16, depth=1, heads=2, norm=lambda d: nn.RMSNorm(d, partial_fraction=0.5))):
         logits = model(inputs)
         assert logits.shape == (10, 10, 7)
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
@@ -246,9 +247,9 @@ def test_language_models_shapes_and_training_step():
 
 
 def test_shakespeare_language_model_task():
-    from normlib.data import shakespeare_language_model
-    from normlib.models import GPT
-    from normlib.train import next_token_loss
+    from normlib.book.data import shakespeare_language_model
+    from normlib.book.models import GPT
+    from normlib.book.train import next_token_loss
 
     tokenizer, (x, y), (vx, vy) = shakespeare_language_model(32, val_windows=8)
     assert x.shape[1] == 32 and torch.equal(x[0, 1:], y[0, :-1]) and vx.shape == (8, 32)
