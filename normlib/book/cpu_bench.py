@@ -15,6 +15,7 @@ Used for the table on the API page (``chapters/api.md``).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import statistics
@@ -126,13 +127,16 @@ def markdown(rows: list[dict]) -> str:
 
 def main(out: Path | None, tiny: bool = False) -> list[dict]:
     """Run the table (tiny shapes and few rounds with ``tiny``, for the tests), print it, and
-    write it as JSON to ``out/cpu.json`` with the machine named."""
+    write it as JSON to ``out/cpu/<machine>-<cores>-cores.json`` with the machine named (a folder
+    of its own: the kernels chapter reads the GPU results in ``out``)."""
     rows = cpu_table(TINY_CASES, rounds=3, min_sample_s=1e-4) if tiny else cpu_table()
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"CPU: {machine}\n\n{markdown(rows)}")
     worst = max(r["normlib_ratio"] for r in rows)
     print(f"\nworst normlib.functional / torch ratio: {worst:.2f} (goal: 1.10)")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cpu.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+        folder = out / "cpu"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{platform.machine()}-{os.cpu_count()}-cores.json"
+        (folder / name).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     return rows
