@@ -99,12 +99,12 @@ def check_channels(input: torch.Tensor, channels: int) -> None:
         raise ValueError(f"input: expected {channels} channels in dim 1, got shape {tuple(input.shape)}")
 
 
-def check_values_per_channel(input: torch.Tensor, count: int, what: str = "value per channel when training") -> None:
-    """Batch statistics from a single value are meaningless (the variance is 0): torch rejects a
-    count of exactly one too. An empty batch (count 0) is allowed, as in torch."""
+def check_values_per_channel(input: torch.Tensor, count: int, what: str = "value per channel when training",
+                             hint: str = " (use a batch of at least 2, or evaluation mode)") -> None:
+    """Statistics from a single value are meaningless (the variance is 0): torch rejects a count
+    of exactly one too. An empty batch (count 0) is allowed, as in torch."""
     if count == 1:
-        raise ValueError(f"input: expected more than 1 {what}, got input of shape {tuple(input.shape)} "
-                         f"(use a batch of at least 2, or evaluation mode)")
+        raise ValueError(f"input: expected more than 1 {what}, got input of shape {tuple(input.shape)}{hint}")
 
 
 def normalized_shape_tuple(normalized_shape) -> tuple[int, ...]:

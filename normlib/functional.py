@@ -376,7 +376,7 @@ def instance_norm(
             raise ValueError("running_mean, running_var: expected tensors when use_input_stats=False, got None")
         _check_per_channel_norm(input, 3, *params)
     if use_input_stats:
-        V.check_values_per_channel(input, math.prod(input.shape[2:]), "spatial element per channel")
+        V.check_values_per_channel(input, math.prod(input.shape[2:]), "spatial element per channel", "")
     if native:
         return _native(torch.instance_norm, _check_per_channel_norm, (input, 3, *params), input, weight, bias,
                        running_mean, running_var, use_input_stats, momentum, eps, False)
@@ -424,7 +424,7 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
     if style.shape[0] not in (1, content.shape[0]):
         raise ValueError(f"style: expected batch size 1 or {content.shape[0]}, got {style.shape[0]}")
     for name, t in (("content", content), ("style", style)):
-        V.check_values_per_channel(t, math.prod(t.shape[2:]), "spatial element per channel")
+        V.check_values_per_channel(t, math.prod(t.shape[2:]), "spatial element per channel", "")
     return reference.adain(content, style, eps)
 
 
