@@ -20,15 +20,18 @@ __all__ = ["is_distributed", "rank", "world_size", "merge_statistics", "sync_bat
 
 
 def is_distributed(group=None) -> bool:
-    """True when a process group with more than one process is in use."""
+    """True when a process group with more than one process is in use.
+    Used in ``chapters/02_batch_norm.ipynb``."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
 def rank(group=None) -> int:
+    """This process's rank (0 without a process group). Used in ``chapters/02_batch_norm.ipynb``."""
     return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
 
 
 def world_size(group=None) -> int:
+    """The number of processes (1 without a process group). Used in ``chapters/02_batch_norm.ipynb``."""
     return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
