@@ -1,6 +1,6 @@
 """Normalization functions with ``torch.nn.functional``-compatible signatures: normlib's public face.
 
-Each function checks its arguments once (:mod:`normlib._validation`) and then takes the fastest
+Each function checks its arguments once (``normlib._validation``) and then takes the fastest
 path that computes the same function:
 
 * CUDA tensors: the fused Triton kernels of :mod:`normlib.kernels`, when

@@ -1,6 +1,6 @@
 """The book's workshop: what the chapters of normbook share, kept apart from the library.
 
-Models (:mod:`normlib.book.models`), the one training loop (:mod:`normlib.book.train`), the
+Models (``normlib.book.models``), the one training loop (:mod:`normlib.book.train`), the
 datasets (:mod:`normlib.book.data`), the figure style (:mod:`normlib.book.plot`), small GANs
 (:mod:`normlib.book.gan`), the executable derivations (:mod:`normlib.book.backward`,
 :mod:`normlib.book.quadratic`, :mod:`normlib.book.invariance`), process helpers

@@ -1,6 +1,6 @@
 """What the kernel families share: the accumulator dtype, the device check, the size of persistent
 grids, and the Triton helpers for tile statistics. Argument checks and the statistics dtype are
-normlib's one set (:mod:`normlib._validation`)."""
+normlib's one set (``normlib._validation``)."""
 
 import functools
 import os
