@@ -19,9 +19,11 @@ SEED   ?= 0
 NPROC  ?= 2
 
 # The unit tests, many small Python-bound tests, run in two pytest-xdist workers with one torch
-# thread each. The notebooks run one at a time on both cores: measured on the 2-core machine, two
-# chapters at once on one thread each take longer than one after the other on two threads (the
-# group-norm chapter alone: about 60 s on two threads, 128 s on one).
+# thread each. The notebooks still run one at a time on both cores, as committed and checked:
+# a chapter's numbers depend on the thread count (the order of float reductions), so running
+# them on one thread each, two at once, needs every chapter re-checked at both seeds first.
+# (On the 2-core machine the group-norm chapter takes about 105 s on two threads and 128 s on
+# one, so two at once should come out ahead.)
 WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
