@@ -94,9 +94,14 @@ def test_rowwise_forward_and_backward_match_torch(rms, dtype, n):
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
-def test_rowwise_long_rows_take_the_chunked_path(rms):
-    n = rowwise.MAX_FUSED_N + 1234
-    x, w, b, dy = rowwise_case(2, n, torch.float32, offset=50.0)
+@pytest.mark.parametrize("paths", ["chunked backward", "chunked both ways"])
+@pytest.mark.parametrize("m", [2, 8 * INTERPRETER_PROGRAMS + 3], ids=["2 rows", "many rows per program"])
+def test_rowwise_long_rows_take_the_chunked_path(rms, paths, m):
+    # rows beyond the backward's fused limit (forward still in registers), then beyond both
+    n = rowwise.max_fused_n(torch.float32, backward=paths == "chunked backward") + 1234
+    assert n > rowwise.max_fused_n(torch.float32, backward=True)
+    assert (n <= rowwise.max_fused_n(torch.float32)) == (paths == "chunked backward")
+    x, w, b, dy = rowwise_case(m, n, torch.float32, offset=50.0)
     b = None if rms else b
     kernel = (lambda x_, w_, b_: rowwise.rms_norm(x_, w_, 1e-5)) if rms else (lambda x_, w_, b_: rowwise.layer_norm(x_, w_, b_))
     y, (dx, dw, db) = grads(kernel, (x, w, b), dy)
@@ -104,6 +109,20 @@ def test_rowwise_long_rows_take_the_chunked_path(rms):
     close(y, y_ref, torch.float32)
     close(dx, dx_ref, torch.float32, grad=True)
     close(dw, dw_ref, torch.float32, grad=True)
+    if not rms:
+        close(db, db_ref, torch.float32, grad=True)
+
+
+def test_rowwise_long_rows_without_weight_or_bias():
+    n = rowwise.max_fused_n(torch.float32, backward=True) + 100
+    x, _, b, dy = rowwise_case(5, n, torch.float32, seed=2)
+    for weight, bias in ((None, None), (None, b)):
+        leaves = (x, weight, bias)
+        _, grads_kernel = grads(lambda *t: rowwise.layer_norm(*t), leaves, dy)
+        _, grads_torch = grads(lambda *t: TF.layer_norm(t[0], (n,), t[1], t[2]), leaves, dy)
+        for got, expected in zip(grads_kernel, grads_torch):
+            if expected is not None:
+                close(got, expected, torch.float32, grad=True)
 
 
 def test_rowwise_weight_gradient_reduces_partial_sums_of_many_programs():

@@ -13,6 +13,7 @@ from normlib._validation import check_param, check_tensor, stats_dtype  # noqa: 
 
 # read once, when the kernels are defined: triton.jit makes interpreted kernels from then on
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+COMPILE_ONLY = False           # set by normlib.kernels.check: launches compile for a target, run nothing
 PROGRAMS_PER_SM = 4            # persistent backward: programs per streaming multiprocessor
 INTERPRETER_PROGRAMS = 4       # under TRITON_INTERPRET=1 each program costs milliseconds
 
@@ -28,7 +29,7 @@ def check_input(x: torch.Tensor, name: str, min_dim: int, **params) -> None:
     check_tensor(x, name, min_dim=min_dim)
     for param_name, p in params.items():
         check_param(p, param_name, (x.shape[1] if min_dim >= 2 else x.shape[-1],), x)
-    if not (x.is_cuda or INTERPRETED):
+    if not (x.is_cuda or INTERPRETED or COMPILE_ONLY):
         raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors only in Triton's interpreter, "
                          f"TRITON_INTERPRET=1 set before normlib.kernels is imported), got device {x.device}")
 
@@ -44,6 +45,22 @@ def program_budget(device: torch.device) -> int:
     if device.type == "cuda":
         return PROGRAMS_PER_SM * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     return INTERPRETER_PROGRAMS
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes(index: int) -> int:
+    return torch.cuda.get_device_properties(index).L2_cache_size
+
+
+def rows_in_flight(device: torch.device, rows: int, row_bytes: int) -> int:
+    """Programs of a grid that walks long rows (two passes each): as many as keep the rows in
+    flight within half the L2 cache, so that the second pass reads them there, but at least one
+    per SM and at most ``PROGRAMS_PER_SM`` per SM; a handful in the interpreter."""
+    if device.type != "cuda":
+        return max(1, min(rows, INTERPRETER_PROGRAMS))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    sms = _multiprocessors(index)
+    return max(1, min(rows, max(sms, min(PROGRAMS_PER_SM * sms, _l2_bytes(index) // 2 // max(1, row_bytes)))))
 
 
 @triton.jit

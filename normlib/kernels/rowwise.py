@@ -1,20 +1,27 @@
 """LayerNorm and RMSNorm over the last dimension: one Triton kernel family with an ``IS_RMS`` flag.
 
 Forward: each program normalizes ``ROWS`` rows held in registers (several rows per program when
-rows are short). Rows longer than ``MAX_FUSED_N`` elements are processed in chunks: a first pass
-merges per-chunk means and squared deviations with Chan's formula (never ``E[x^2] - E[x]^2``),
-a second pass normalizes. The statistics (``mean``, ``rstd``) are saved in float32 (float64 for
-float64 inputs) for the backward. An optional residual is added first; the sum is stored (in the
-input dtype) and normalized, as pre-norm transformers need both.
+rows are short). Rows longer than the fused limit (:func:`max_fused_n`) are processed in
+chunks: a first pass merges per-chunk means and squared deviations with Chan's formula (never
+``E[x^2] - E[x]^2``), a second pass normalizes. A bounded persistent grid walks the long rows,
+so the rows in flight fit in the L2 cache and the second pass reads them there. The statistics
+(``mean``, ``rstd``) are saved in float32 (float64 for float64 inputs) for the backward. An
+optional residual is added first; the sum is stored (in the input dtype) and normalized, as
+pre-norm transformers need both.
 
-Backward: a persistent grid of at most ``PROGRAMS_PER_SM x SMs`` programs, each taking a
-contiguous block of rows. Every program computes its rows' ``dx`` and accumulates its share of
-``dgamma``/``dbeta`` in float32 registers (float64 for float64 inputs), then writes one row of a
-``(programs, N)`` buffer; a second step sums the buffer. The buffer does not grow with the number of rows, and no atomics
-are used, so the result is deterministic.
+Backward, rows that fit in registers: a persistent grid of at most ``PROGRAMS_PER_SM x SMs``
+programs, each taking a contiguous block of rows. Every program computes its rows' ``dx`` and
+accumulates its share of ``dgamma``/``dbeta`` in float32 registers (float64 for float64
+inputs), then writes one row of a ``(programs, N)`` buffer; a second step sums the buffer.
+Long rows: one kernel computes each row's two reductions and ``dx`` (chunk by chunk), and a
+second reduces ``dgamma``/``dbeta`` over blocks of columns, each held in registers over a
+block of rows. The buffers do not grow with the number of rows, and no atomics are used, so
+the result is deterministic.
 
-Launch parameters depend on ``N`` and the dtype only, never on the number of rows, so a new
-batch size does not trigger a recompilation.
+The fused limits are in bytes of float32 (or float64) accumulators, so that no configuration
+spills registers (``python -m normlib.kernels.check`` proves it for sm_80 and sm_90). Launch
+parameters depend on ``N`` and the dtype only, and the arguments that change with the number
+of rows are not specialized (``do_not_specialize``): a new batch size compiles nothing new.
 
 Derived in ``chapters/10_kernels.ipynb``.
 """
@@ -25,22 +32,33 @@ import torch
 import triton
 import triton.language as tl
 
-from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, program_budget, stats_dtype, tile_statistics
+from normlib.kernels._common import (accumulator_dtype, chan_merge, check_input, program_budget, rows_in_flight,
+                                     stats_dtype, tile_statistics)
 
-MAX_FUSED_N = 16384      # longest row held in registers; longer rows are processed in chunks
+# Longest rows held in registers, in bytes of accumulators per row: 16,384 float32 elements
+# forward, 8,192 backward (which holds x, dy, gamma and the two gradient sums per element);
+# half as many float64 elements. Longer rows take the chunked kernels.
+FUSED_BYTES_FORWARD = 16384 * 4
+FUSED_BYTES_BACKWARD = 8192 * 4
 CHUNK_N = 4096           # chunk length for long rows
 TILE = 4096              # elements per program for short rows (ROWS x BLOCK_N)
+WEIGHT_GRADIENT_TILE = (8, 512)   # (rows, columns) per step of the long-row dgamma/dbeta kernel
 
 
-def _launch_config(n: int) -> tuple[int, int, int]:
-    """(BLOCK_N, ROWS, num_warps) from the row length alone."""
-    block_n = triton.next_power_of_2(n) if n <= MAX_FUSED_N else CHUNK_N
+def max_fused_n(dtype: torch.dtype, backward: bool = False) -> int:
+    """The longest row the forward (or backward) keeps in registers for inputs of ``dtype``."""
+    return (FUSED_BYTES_BACKWARD if backward else FUSED_BYTES_FORWARD) // max(4, dtype.itemsize)
+
+
+def _launch_config(n: int, dtype: torch.dtype = torch.float32, backward: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_N, ROWS, num_warps) from the row length and dtype alone."""
+    block_n = triton.next_power_of_2(n) if n <= max_fused_n(dtype, backward) else CHUNK_N
     rows = max(1, min(16, TILE // block_n))
     num_warps = min(16, max(1, block_n * rows // 512))
     return block_n, rows, num_warps
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
                     IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
@@ -74,52 +92,53 @@ def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
     tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
                             ACC: tl.constexpr, BLOCK_N: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    base = row * N
-    count = tl.zeros([], dtype=ACC)
-    mean = tl.zeros([], dtype=ACC)
-    m2 = tl.zeros([], dtype=ACC)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        mask = cols < N
-        x = tl.load(X + base + cols, mask=mask, other=0.0)
-        if HAS_RES:
-            x = (x.to(ACC) + tl.load(R + base + cols, mask=mask, other=0.0).to(ACC)).to(S.dtype.element_ty)
-            tl.store(S + base + cols, x, mask=mask)
-        x = x.to(ACC)
-        if IS_RMS:
-            m2 += tl.sum(x * x, axis=0)
-        else:
-            n = tl.minimum(N - start, BLOCK_N).to(ACC)
-            chunk_mean, chunk_m2 = tile_statistics(x, mask, n)
-            count, mean, m2 = chan_merge(count, mean, m2, n, chunk_mean, chunk_m2)
-    rstd = 1.0 / tl.sqrt(m2 / N + eps)
-    tl.store(Rstd + row, rstd)
-    if not IS_RMS:
-        tl.store(Mean + row, mean)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        mask = cols < N
-        if HAS_RES:
-            x = tl.load(S + base + cols, mask=mask, other=0.0).to(ACC)
-        else:
-            x = tl.load(X + base + cols, mask=mask, other=0.0).to(ACC)
-        if IS_RMS:
-            y = x * rstd
-        else:
-            y = (x - mean) * rstd
-        if HAS_W:
-            y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-        if HAS_B:
-            y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=mask)
+    # long rows, a bounded grid: program p takes rows p, p + programs, ... (rows in flight fit in L2)
+    for row in range(tl.program_id(0), M, tl.num_programs(0)):
+        base = tl.cast(row, tl.int64) * N
+        count = tl.zeros([], dtype=ACC)
+        mean = tl.zeros([], dtype=ACC)
+        m2 = tl.zeros([], dtype=ACC)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            x = tl.load(X + base + cols, mask=mask, other=0.0)
+            if HAS_RES:
+                x = (x.to(ACC) + tl.load(R + base + cols, mask=mask, other=0.0).to(ACC)).to(S.dtype.element_ty)
+                tl.store(S + base + cols, x, mask=mask)
+            x = x.to(ACC)
+            if IS_RMS:
+                m2 += tl.sum(x * x, axis=0)
+            else:
+                n = tl.minimum(N - start, BLOCK_N).to(ACC)
+                chunk_mean, chunk_m2 = tile_statistics(x, mask, n)
+                count, mean, m2 = chan_merge(count, mean, m2, n, chunk_mean, chunk_m2)
+        rstd = 1.0 / tl.sqrt(m2 / N + eps)
+        tl.store(Rstd + row, rstd)
+        if not IS_RMS:
+            tl.store(Mean + row, mean)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            if HAS_RES:
+                x = tl.load(S + base + cols, mask=mask, other=0.0).to(ACC)
+            else:
+                x = tl.load(X + base + cols, mask=mask, other=0.0).to(ACC)
+            if IS_RMS:
+                y = x * rstd
+            else:
+                y = (x - mean) * rstd
+            if HAS_W:
+                y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+            if HAS_B:
+                y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
+            tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "rows_per_program"])
 def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, N, rows_per_program,
                      IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                      ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
@@ -164,33 +183,21 @@ def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, N, row
 @triton.jit
 def _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_N: tl.constexpr):
-    # one chunk of a long row: its columns, mask, xhat, dy and g = gamma * dy
+    # one chunk of a long row: its columns, mask, xhat and g = gamma * dy
     cols = start + tl.arange(0, BLOCK_N)
     mask = cols < N
     xhat = tl.where(mask, (tl.load(X + base + cols, mask=mask, other=0.0).to(ACC) - mean) * rstd, 0.0)
-    dy = tl.load(DY + base + cols, mask=mask, other=0.0).to(ACC)
-    g = dy
+    g = tl.load(DY + base + cols, mask=mask, other=0.0).to(ACC)
     if HAS_W:
-        g = dy * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-    return cols, mask, xhat, dy, g
+        g = g * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+    return cols, mask, xhat, g
 
 
-@triton.jit
-def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, N, rows_per_program,
-                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                             ACC: tl.constexpr, BLOCK_N: tl.constexpr):
-    # long rows: two passes per row; this program's partial-sum row lives in the buffer (it owns it)
-    program = tl.program_id(0)
-    first = program * rows_per_program
-    last = tl.minimum(first + rows_per_program, M)
-    partial = program.to(tl.int64) * N
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        if HAS_W:
-            tl.store(DW_PARTIAL + partial + cols, tl.zeros([BLOCK_N], dtype=ACC), mask=cols < N)
-        if HAS_B:
-            tl.store(DB_PARTIAL + partial + cols, tl.zeros([BLOCK_N], dtype=ACC), mask=cols < N)
-    for row in range(first, last):
+@triton.jit(do_not_specialize=["M"])
+def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, M, N,
+                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr):
+    # long rows, dx only: a pass for the row's two sums, a second (from L2) for dx
+    for row in range(tl.program_id(0), M, tl.num_programs(0)):
         base = tl.cast(row, tl.int64) * N
         rstd = tl.load(Rstd + row)
         if IS_RMS:
@@ -200,21 +207,48 @@ def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M
         sum_g = tl.zeros([], dtype=ACC)
         sum_gx = tl.zeros([], dtype=ACC)
         for start in range(0, N, BLOCK_N):
-            cols, mask, xhat, dy, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
+            cols, mask, xhat, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
             sum_g += tl.sum(g, axis=0)
             sum_gx += tl.sum(g * xhat, axis=0)
         for start in range(0, N, BLOCK_N):
-            cols, mask, xhat, dy, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
+            cols, mask, xhat, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
             correction = xhat * (sum_gx / N)
             if not IS_RMS:
                 correction += sum_g / N
             tl.store(DX + base + cols, ((g - correction) * rstd).to(DX.dtype.element_ty), mask=mask)
-            if HAS_W:
-                dw = tl.load(DW_PARTIAL + partial + cols, mask=mask, other=0.0)
-                tl.store(DW_PARTIAL + partial + cols, dw + dy * xhat, mask=mask)
-            if HAS_B:
-                db = tl.load(DB_PARTIAL + partial + cols, mask=mask, other=0.0)
-                tl.store(DB_PARTIAL + partial + cols, db + dy, mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "rows_per_program"])
+def _weight_gradient_kernel(DY, X, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, N, rows_per_program,
+                            IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    # long rows: sum(dy * xhat) and sum(dy) over a block of rows for one block of columns, in registers
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    dw = tl.zeros([BLOCK_N], dtype=ACC)
+    db = tl.zeros([BLOCK_N], dtype=ACC)
+    first = tl.program_id(1) * rows_per_program
+    last = tl.minimum(first + rows_per_program, M)
+    for start in range(first, last, ROWS):
+        rows = start + tl.arange(0, ROWS)
+        row_mask = rows < last
+        mask = row_mask[:, None] & col_mask[None, :]
+        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        dy = tl.load(DY + offsets, mask=mask, other=0.0).to(ACC)
+        if HAS_W:
+            x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
+            rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
+            if IS_RMS:
+                xhat = x * rstd[:, None]
+            else:
+                xhat = (x - tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]) * rstd[:, None]
+            dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    partial = tl.program_id(1).to(tl.int64) * N + cols
+    if HAS_W:
+        tl.store(DW_PARTIAL + partial, dw, mask=col_mask)
+    if HAS_B:
+        tl.store(DB_PARTIAL + partial, db, mask=col_mask)
 
 
 def _empty(like: torch.Tensor) -> torch.Tensor:
@@ -233,16 +267,17 @@ def _forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional
     rstd = torch.empty(m, device=x.device, dtype=sd)
     if m == 0:
         return y, summed, mean, rstd
-    block_n, rows, num_warps = _launch_config(n)
+    block_n, rows, num_warps = _launch_config(n, x.dtype)
     flags = dict(IS_RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None, HAS_RES=residual is not None,
                  ACC=accumulator_dtype(x.dtype), BLOCK_N=block_n)
     args = (x, residual if residual is not None else x, weight if weight is not None else x,
             bias if bias is not None else x, y, summed if residual is not None else y,
             mean if not rms else rstd, rstd, m, n, eps)
-    if n <= MAX_FUSED_N:
+    if n <= max_fused_n(x.dtype):
         _forward_kernel[(triton.cdiv(m, rows),)](*args, **flags, ROWS=rows, num_warps=num_warps)
     else:
-        _forward_chunked_kernel[(m,)](*args, **flags, num_warps=num_warps)
+        grid = (rows_in_flight(x.device, m, n * x.element_size()),)
+        _forward_chunked_kernel[grid](*args, **flags, num_warps=num_warps)
     return y, summed, mean, rstd
 
 
@@ -261,22 +296,37 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     m, n = x.shape
     dy = dy.contiguous()
     dx = torch.empty_like(x)
-    programs = max(1, min(m, program_budget(x.device)))
     has_w = weight is not None
     partial_dtype = stats_dtype(x.dtype)   # float32 partial sums (float64 for float64 inputs)
-    dw_partial = torch.empty(programs, n, device=x.device, dtype=partial_dtype) if has_w else _empty(rstd)
-    db_partial = torch.empty(programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
-    if m > 0:
-        block_n, rows, num_warps = _launch_config(n)
-        args = (dy, x, weight if has_w else x, mean if not rms else rstd, rstd, dx,
-                dw_partial if has_w else rstd, db_partial if has_bias else rstd, m, n, triton.cdiv(m, programs))
-        flags = dict(IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=accumulator_dtype(x.dtype), BLOCK_N=block_n)
-        if n <= MAX_FUSED_N:
-            _backward_kernel[(programs,)](*args, **flags, ROWS=rows, num_warps=num_warps)
-        else:
-            _backward_chunked_kernel[(programs,)](*args, **flags, num_warps=num_warps)
+    acc = accumulator_dtype(x.dtype)
+    w_arg, mean_arg = weight if has_w else x, mean if not rms else rstd
+    block_n, rows, num_warps = _launch_config(n, x.dtype, backward=True)
+    if n <= max_fused_n(x.dtype, backward=True):
+        # rows in registers: each program of a persistent grid sums its rows' dgamma/dbeta
+        programs = max(1, min(m, program_budget(x.device)))
+        dw_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_w else _empty(rstd)
+        db_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
+        if m > 0:
+            _backward_kernel[(programs,)](dy, x, w_arg, mean_arg, rstd, dx, dw_partial if has_w else rstd,
+                                          db_partial if has_bias else rstd, m, n, triton.cdiv(m, programs),
+                                          IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc, BLOCK_N=block_n,
+                                          ROWS=rows, num_warps=num_warps)
     else:
-        dw_partial.zero_(), db_partial.zero_()
+        # long rows: dx row by row, then dgamma/dbeta over blocks of columns
+        tile_rows, tile_cols = WEIGHT_GRADIENT_TILE
+        col_blocks = triton.cdiv(n, tile_cols)
+        row_programs = max(1, min(triton.cdiv(m, tile_rows), program_budget(x.device) // col_blocks))
+        dw_partial = torch.zeros(row_programs, n, device=x.device, dtype=partial_dtype) if has_w else _empty(rstd)
+        db_partial = torch.zeros(row_programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
+        if m > 0:
+            grid = (rows_in_flight(x.device, m, 2 * n * x.element_size()),)
+            _backward_chunked_kernel[grid](dy, x, w_arg, mean_arg, rstd, dx, m, n, IS_RMS=rms, HAS_W=has_w, ACC=acc,
+                                           BLOCK_N=block_n, num_warps=num_warps)
+            if has_w or has_bias:
+                _weight_gradient_kernel[(col_blocks, row_programs)](
+                    dy, x, mean_arg, rstd, dw_partial if has_w else rstd, db_partial if has_bias else rstd,
+                    m, n, triton.cdiv(m, row_programs), IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc,
+                    ROWS=tile_rows, BLOCK_N=tile_cols, num_warps=4)
     # second step: reduce the bounded (programs, N) buffers
     dw = dw_partial.sum(0).to(weight.dtype) if has_w else _empty(x)
     db = db_partial.sum(0).to(x.dtype if weight is None else weight.dtype) if has_bias else _empty(x)
