@@ -7,6 +7,8 @@
 #                    one chapter under torchrun on NPROC processes (GPUs with NCCL, else CPU with gloo)
 #   make bench       kernel benchmark into benchmarks/results/ (GPU; tiny shapes on a CPU)
 #   make bench-cpu   normlib.functional, its reference layer and torch on the CPU, side by side
+#   make compile-check  every kernel configuration compiled for sm_80 and sm_90 (no GPU needed):
+#                    registers, spills, load width into benchmarks/results/compile/
 #   make lab         open the notebooks in JupyterLab
 #   make clean       remove build outputs (keeps .venv)
 
@@ -27,7 +29,7 @@ NPROC  ?= 2
 WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: book test test-fast reproduce distributed lab bench bench-cpu clean browser
+.PHONY: book test test-fast reproduce distributed lab bench bench-cpu compile-check clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +72,9 @@ bench: $(STAMP)
 
 bench-cpu: $(STAMP)
 	$(PY) -m normlib.book.bench --cpu --out benchmarks/results
+
+compile-check: $(STAMP)
+	env -u TRITON_INTERPRET $(PY) -m normlib.kernels.check --out benchmarks/results/compile
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab chapters/

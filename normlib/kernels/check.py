@@ -6,7 +6,7 @@ Triton pointed at a compile target (sm_80, sm_90) instead of a device: every lau
 the variant a GPU would compile for those arguments (the same constexprs, warps and integer
 and alignment specializations), and nothing is launched. Each compiled variant is then read
 with the ``cuobjdump`` Triton ships: registers, spilled bytes (stack and local memory),
-shared memory, the widest global load in the instructions, and the programs per SM that
+shared memory, the widest global load (from the PTX), and the programs per SM that
 registers, warps and shared memory allow.
 
 The check fails on a compile error, on any spill, on a contiguous path whose loads are not
@@ -63,10 +63,12 @@ class Launch:
 class Case:
     """A call of a dispatcher: ``run()`` builds CPU tensors and calls it; launches compile only.
     ``contiguous_bytes`` is the length in bytes of the contiguous runs the kernels read (a row,
-    a channel's positions); 128-bit loads are expected where it is a multiple of 16."""
+    a channel's positions); 128-bit loads are expected where it is a multiple of 16, for
+    16- and 32-bit dtypes (a float64 element is 64 bits; two per load are not required)."""
     name: str
     run: Callable[[], None]
     contiguous_bytes: int
+    dtype: str = "bf16"
 
 
 class _CompileOnlyDriver:
@@ -117,21 +119,26 @@ def _cuobjdump() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-_LOAD_BITS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
-
-
-def _read_cubin(cubin: bytes) -> tuple[int, int, int]:
-    """(registers, stack + local bytes, widest global load in bits) from cuobjdump."""
+def _read_cubin(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack + local bytes per thread) from ``cuobjdump -res-usage``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
     fields = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
-    widths = [_LOAD_BITS.get(suffix, 32) for token in re.findall(r"\bLDG\.E[.\w]*", sass)
-              for suffix in [next((part for part in token.split(".") if part in _LOAD_BITS), "")]]
-    widest = max(widths, default=0)
-    return int(fields["REG"]), int(fields["STACK"]) + int(fields["LOCAL"]), widest
+    return int(fields["REG"]), int(fields["STACK"]) + int(fields["LOCAL"])
+
+
+def widest_global_load(ptx: str) -> int:
+    """Bits of the widest global load in the PTX (``ld.global.v4.b32`` is 128, which ptxas
+    emits as ``LDG.E.128``; reading the PTX is much faster than disassembling the cubin)."""
+    widest = 0
+    for token in re.findall(r"\bld\.global[\w.:]*", ptx):
+        parts = token.split(".")
+        lanes = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d", p)), 1)
+        bits = next((int(p[1:]) for p in reversed(parts) if re.fullmatch(r"[bfsu]\d+", p)), 0)
+        widest = max(widest, lanes * bits)
+    return widest
 
 
 def programs_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int) -> int:
@@ -160,11 +167,13 @@ def compile_case(case: Case, arch: int) -> list[Launch]:
             continue
         seen.add(id(kernel))
         name, constexprs = _describe(jit_fn, kernel)
-        registers, spilled, widest = _read_cubin(kernel.asm["cubin"])
+        registers, spilled = _read_cubin(kernel.asm["cubin"])
+        widest = widest_global_load(kernel.asm["ptx"])
         shared = kernel.metadata.shared
         warps = kernel.metadata.num_warps
         launches.append(Launch(name, case.name, arch, warps, constexprs, registers, spilled, shared, widest,
-                               programs_per_sm(registers, warps, shared, arch), case.contiguous_bytes % 16 == 0))
+                               programs_per_sm(registers, warps, shared, arch),
+                               case.contiguous_bytes % 16 == 0 and case.dtype != "fp64"))
     return launches
 
 
@@ -208,7 +217,7 @@ def rowwise_case(n: int, dtype: str, rms: bool = False, affine: bool = True, res
         else:
             y = rowwise.layer_norm(x, w, _tensor((n,), t) if affine else None, residual=r)
         _backward(y[0] + y[1] if residual else y)
-    return Case(name, run, n * t.itemsize)
+    return Case(name, run, n * t.itemsize, dtype)
 
 
 def group_norm_case(channels: int, groups: int, positions: tuple[int, int], dtype: str, channels_last: bool = False,
@@ -224,7 +233,7 @@ def group_norm_case(channels: int, groups: int, positions: tuple[int, int], dtyp
         w, b = (_tensor((channels,), t), _tensor((channels,), t)) if affine else (None, None)
         _backward(group_norm.group_norm(x, groups, w, b))
     run_bytes = (channels // groups if channels_last else positions[0] * positions[1]) * t.itemsize
-    return Case(name, run, run_bytes)
+    return Case(name, run, run_bytes, dtype)
 
 
 def batch_norm_case(channels: int, positions: tuple[int, ...], dtype: str, channels_last: bool = False,
@@ -245,21 +254,25 @@ def batch_norm_case(channels: int, positions: tuple[int, ...], dtype: str, chann
     size = 1
     for p in positions:
         size *= p
-    return Case(name, run, (channels if channels_last or not positions else size) * t.itemsize)
+    return Case(name, run, (channels if channels_last or not positions else size) * t.itemsize, dtype)
 
 
 def cases() -> list[Case]:
-    """Every launch configuration the dispatchers can choose, as calls: each row length that
-    changes a block size or a warp count (powers of two, 1 to 262,144), each dtype, with and
-    without the affine parameters and the residual; GroupNorm and BatchNorm in both layouts."""
+    """The launch configurations the dispatchers can choose, as calls: in bfloat16 and float32
+    each row length that changes a block size or a warp count (powers of two, 1 to 16,384)
+    and the chunked path; float16 and float64 at six lengths (float16 compiles as bfloat16
+    does, with other conversions); with and without the affine parameters and the residual;
+    GroupNorm and BatchNorm in both layouts, training and inference."""
     from normlib.kernels import rowwise
     found = []
-    lengths = [2 ** k for k in range(19)]                      # 1 ... 262,144
-    for dtype in DTYPES:
+    every_length = [2 ** k for k in range(15)] + [65536, 262144]   # every block size, then the chunked path
+    some_lengths = [64, 1024, 4096, 8192, 16384, 65536]              # float16 compiles as bfloat16 does
+    for dtype, lengths in (("bf16", every_length), ("fp32", every_length), ("fp16", some_lengths),
+                           ("fp64", some_lengths)):
         for n in lengths:
             for rms in (False, True):
                 found.append(rowwise_case(n, dtype, rms, rows=min(64, max(2, 2 ** 22 // n // 64))))
-    for n in (1000, 4097, rowwise.MAX_FUSED_N + 1234):           # lengths that are not multiples of 16
+    for n in (1000, 4097, rowwise.max_fused_n(torch.bfloat16) + 1234):   # lengths not multiples of 16
         found.append(rowwise_case(n, "bf16"))
     for n in (64, 4096, 16384, 65536):                          # the other flags
         for dtype in ("bf16", "fp32"):
@@ -287,8 +300,8 @@ def batch_size_cases() -> dict[str, Callable[[int], Case]]:
         "rowwise (N=4096)": lambda m: rowwise_case(4096, "bf16", rows=m),
         "rowwise, long rows (N=65536)": lambda m: rowwise_case(65536, "bf16", rows=min(m, 64)),
         "group_norm": lambda m: group_norm_case(64, 32, (8, 8), "bf16", batch=m),
-        "batch_norm": lambda m: batch_norm_case(64, (8, 8), "bf16", batch=m),
-        "batch_norm channels_last": lambda m: batch_norm_case(64, (8, 8), "bf16", channels_last=True, batch=m),
+        "batch_norm": lambda m: batch_norm_case(64, (7, 7), "bf16", batch=m),
+        "batch_norm channels_last": lambda m: batch_norm_case(64, (7, 7), "bf16", channels_last=True, batch=m),
     }
 
 

@@ -19,29 +19,33 @@ import triton.language as tl
 
 from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, stats_dtype, tile_statistics
 
-TILE = 4096   # elements per tile: [channels of a group (padded to a power of two)] x [positions]
+TILE = 4096           # elements per tile: [channels of a group (padded to a power of two)] x [positions]
+TILE_FLOAT64 = 1024   # float64 tiles are smaller: 4096 float64 elements spill on four warps
 
 
-def _tile(channels_per_group: int, positions: int) -> tuple[int, int]:
+def _tile(channels_per_group: int, positions: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_S, num_warps): at most 4 warps, and at least 8 elements per thread, so that
+    a thread's run of a contiguous row is 128 bits in 16-bit dtypes."""
+    tile = TILE_FLOAT64 if dtype == torch.float64 else TILE
     block_c = triton.next_power_of_2(channels_per_group)
-    block_s = max(1, min(triton.next_power_of_2(positions), TILE // block_c))
-    return block_c, block_s
+    block_s = max(1, min(triton.next_power_of_2(positions), tile // block_c))
+    return block_c, block_s, max(1, min(4, block_c * block_s // 256))
 
 
 @triton.jit
-def _group(C, G, BLOCK_C: tl.constexpr):
-    # this program's example, the channels per group, and the group's channel indices and mask
+def _group(G, per_group, BLOCK_C: tl.constexpr):
+    # this program's example, and the group's channel indices and mask; per_group = C // G is an
+    # argument, so that Triton sees when it is a multiple of 16 (aligned, vectorizable channels_last rows)
     n = tl.program_id(0) // G
-    per_group = C // G
     lanes = tl.arange(0, BLOCK_C)
-    return n, per_group, (tl.program_id(0) % G) * per_group + lanes, lanes < per_group
+    return n, (tl.program_id(0) % G) * per_group + lanes, lanes < per_group
 
 
 @triton.jit
-def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, stride_n, stride_c, stride_s, eps,
+def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, per_group, stride_n, stride_c, stride_s, eps,
                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n, per_group, channels, channel_mask = _group(C, G, BLOCK_C)
+    n, channels, channel_mask = _group(G, per_group, BLOCK_C)
     base = n.to(tl.int64) * stride_n
     count = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
@@ -75,10 +79,10 @@ def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, stride_n, stride_c, stride_
 
 
 @triton.jit
-def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G, group_size,
+def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G, per_group, group_size,
                      stride_n, stride_c, stride_s, dy_stride_n, dy_stride_c, dy_stride_s,
                      HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n, per_group, channels, channel_mask = _group(C, G, BLOCK_C)
+    n, channels, channel_mask = _group(G, per_group, BLOCK_C)
     base = n.to(tl.int64) * stride_n
     dy_base = n.to(tl.int64) * dy_stride_n
     mean = tl.load(Mean + tl.program_id(0))
@@ -144,11 +148,11 @@ def _forward(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[tor
     mean = torch.empty(n * num_groups, device=x.device, dtype=stats_dtype(x.dtype))
     rstd = torch.empty_like(mean)
     if n:
-        block_c, block_s = _tile(c // num_groups, s)
+        block_c, block_s, num_warps = _tile(c // num_groups, s, x.dtype)
         _forward_kernel[(n * num_groups,)](
-            x, weight if weight is not None else x, bias if bias is not None else x, y, mean, rstd, c, s, num_groups,
+            x, weight if weight is not None else x, bias if bias is not None else x, y, mean, rstd, c, s, num_groups, c // num_groups,
             *_strides(x), eps, HAS_W=weight is not None, HAS_B=bias is not None, ACC=accumulator_dtype(x.dtype),
-            BLOCK_C=block_c, BLOCK_S=block_s)
+            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps)
     return y, mean, rstd
 
 
@@ -168,12 +172,12 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     dw_partial = torch.zeros(n, c, device=x.device, dtype=mean.dtype)
     db_partial = torch.zeros(n, c, device=x.device, dtype=mean.dtype)
     if n:
-        block_c, block_s = _tile(c // num_groups, s)
+        block_c, block_s, num_warps = _tile(c // num_groups, s, x.dtype)
         _backward_kernel[(n * num_groups,)](
             dy, x, weight if weight is not None else x, mean, rstd, dx, dw_partial, db_partial, c, s, num_groups,
-            c // num_groups * s,
+            c // num_groups, c // num_groups * s,
             *_strides(x), *_strides(dy), HAS_W=weight is not None, ACC=accumulator_dtype(x.dtype),
-            BLOCK_C=block_c, BLOCK_S=block_s)
+            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps)
     dtype = weight.dtype if weight is not None else x.dtype
     return dx, dw_partial.sum(0).to(dtype), db_partial.sum(0).to(dtype)
 
