@@ -6,6 +6,8 @@
   channels_last inputs.
 * :mod:`normlib.kernels.batch_norm`: BatchNorm training (per-channel statistics over the batch and
   positions) and inference.
+* :mod:`normlib.kernels.check`: every launch configuration compiled for sm_80 and sm_90 on a
+  CPU (registers, spills, load width), ``python -m normlib.kernels.check``.
 
 Each is a ``torch.library`` custom op with autograd, so it works under ``torch.compile``.
 :mod:`normlib.functional` dispatches CUDA tensors to them when :func:`available` is true and

@@ -179,7 +179,7 @@ def compile_case(case: Case, arch: int) -> list[Launch]:
 
 def variants_across_batch_sizes(make_case: Callable[[int], Case], arch: int = 90) -> dict[str, int]:
     """Compiled variants per kernel when only the batch size changes (one call per size in
-    :data:`BATCH_SIZES`): 1 each when no argument that scales with the batch is specialized."""
+    ``BATCH_SIZES``): 1 each when no argument that scales with the batch is specialized."""
     counts: dict[str, set] = {}
     with compile_only(arch) as compiled:
         for size in BATCH_SIZES:

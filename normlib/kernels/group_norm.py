@@ -19,13 +19,14 @@ import triton.language as tl
 
 from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, stats_dtype, tile_statistics
 
-TILE = 4096           # elements per tile: [channels of a group (padded to a power of two)] x [positions]
-TILE_FLOAT64 = 1024   # float64 tiles are smaller: 4096 float64 elements spill on four warps
+TILE = 2048           # elements per tile: [channels of a group (padded to a power of two)] x [positions]
+TILE_FLOAT64 = 1024   # float64 tiles are smaller (the same registers)
 
 
 def _tile(channels_per_group: int, positions: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_S, num_warps): at most 4 warps, and at least 8 elements per thread, so that
-    a thread's run of a contiguous row is 128 bits in 16-bit dtypes."""
+    """(BLOCK_C, BLOCK_S, num_warps): 16 elements per thread in a full tile (4 warps: larger
+    tiles, or 8 warps, spill in the backward), at least 8 in a small one, so that a thread's
+    run of a contiguous row is 128 bits in 16-bit dtypes."""
     tile = TILE_FLOAT64 if dtype == torch.float64 else TILE
     block_c = triton.next_power_of_2(channels_per_group)
     block_s = max(1, min(triton.next_power_of_2(positions), tile // block_c))

@@ -45,23 +45,42 @@ TILE = 4096              # elements per program for short rows (ROWS x BLOCK_N)
 WEIGHT_GRADIENT_TILE = (8, 512)   # (rows, columns) per step of the long-row dgamma/dbeta kernel
 
 
-def max_fused_n(dtype: torch.dtype, backward: bool = False) -> int:
-    """The longest row the forward (or backward) keeps in registers for inputs of ``dtype``."""
-    return (FUSED_BYTES_BACKWARD if backward else FUSED_BYTES_FORWARD) // max(4, dtype.itemsize)
+def max_fused_n(dtype: torch.dtype, backward: bool = False, aligned: bool = True) -> int:
+    """The longest row the forward (or backward) keeps in registers for inputs of ``dtype``.
+    A row whose length in bytes is not a multiple of 16 (``aligned=False``) is loaded element by
+    element, with an address each: the backward then holds half as many (no spills)."""
+    limit = (FUSED_BYTES_BACKWARD if backward else FUSED_BYTES_FORWARD) // max(4, dtype.itemsize)
+    return limit if aligned or not backward else limit // 2
+
+
+def _in_registers(n: int, dtype: torch.dtype, backward: bool = False) -> bool:
+    return n <= max_fused_n(dtype, backward, aligned=n * dtype.itemsize % 16 == 0)
 
 
 def _launch_config(n: int, dtype: torch.dtype = torch.float32, backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, ROWS, num_warps) from the row length and dtype alone."""
-    block_n = triton.next_power_of_2(n) if n <= max_fused_n(dtype, backward) else CHUNK_N
-    rows = max(1, min(16, TILE // block_n))
+    block_n = triton.next_power_of_2(n) if _in_registers(n, dtype, backward) else CHUNK_N
+    # several short rows per program, at least 256 elements (8 per thread of one warp: 128-bit loads)
+    rows = max(1, min(TILE // block_n, max(16, 256 // block_n)))
     num_warps = min(16, max(1, block_n * rows // 512))
     return block_n, rows, num_warps
 
 
+def _alignment(n: int, dtype: torch.dtype) -> int:
+    """The largest power of two, up to 16 bytes' worth of elements, that divides the row length:
+    passed as a constexpr with the length in its units, so that Triton can prove rows aligned
+    and use 128-bit loads (it only specializes integers divisible by 16 itself)."""
+    align = max(1, 16 // dtype.itemsize)
+    while n % align:
+        align //= 2
+    return align
+
+
 @triton.jit(do_not_specialize=["M"])
-def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
+def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
                     IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
-                    ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+                    ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
+    N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -93,9 +112,10 @@ def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
 
 
 @triton.jit(do_not_specialize=["M"])
-def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
+def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
-                            ACC: tl.constexpr, BLOCK_N: tl.constexpr):
+                            ACC: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
+    N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     # long rows, a bounded grid: program p takes rows p, p + programs, ... (rows in flight fit in L2)
     for row in range(tl.program_id(0), M, tl.num_programs(0)):
         base = tl.cast(row, tl.int64) * N
@@ -139,9 +159,10 @@ def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
 
 
 @triton.jit(do_not_specialize=["M", "rows_per_program"])
-def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, N, rows_per_program,
+def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, row_units, rows_per_program,
                      IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
+    N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
@@ -194,8 +215,9 @@ def _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W: tl.constexpr, 
 
 
 @triton.jit(do_not_specialize=["M"])
-def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, M, N,
-                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr):
+def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, M, row_units,
+                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
+    N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     # long rows, dx only: a pass for the row's two sums, a second (from L2) for dx
     for row in range(tl.program_id(0), M, tl.num_programs(0)):
         base = tl.cast(row, tl.int64) * N
@@ -219,9 +241,10 @@ def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, M, N,
 
 
 @triton.jit(do_not_specialize=["M", "rows_per_program"])
-def _weight_gradient_kernel(DY, X, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, N, rows_per_program,
+def _weight_gradient_kernel(DY, X, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, row_units, rows_per_program,
                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
-                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
+    N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     # long rows: sum(dy * xhat) and sum(dy) over a block of rows for one block of columns, in registers
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
@@ -268,12 +291,13 @@ def _forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional
     if m == 0:
         return y, summed, mean, rstd
     block_n, rows, num_warps = _launch_config(n, x.dtype)
+    align = _alignment(n, x.dtype)
     flags = dict(IS_RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None, HAS_RES=residual is not None,
-                 ACC=accumulator_dtype(x.dtype), BLOCK_N=block_n)
+                 ACC=accumulator_dtype(x.dtype), BLOCK_N=block_n, ALIGN=align)
     args = (x, residual if residual is not None else x, weight if weight is not None else x,
             bias if bias is not None else x, y, summed if residual is not None else y,
-            mean if not rms else rstd, rstd, m, n, eps)
-    if n <= max_fused_n(x.dtype):
+            mean if not rms else rstd, rstd, m, n // align, eps)
+    if _in_registers(n, x.dtype):
         _forward_kernel[(triton.cdiv(m, rows),)](*args, **flags, ROWS=rows, num_warps=num_warps)
     else:
         grid = (rows_in_flight(x.device, m, n * x.element_size()),)
@@ -301,16 +325,17 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     acc = accumulator_dtype(x.dtype)
     w_arg, mean_arg = weight if has_w else x, mean if not rms else rstd
     block_n, rows, num_warps = _launch_config(n, x.dtype, backward=True)
-    if n <= max_fused_n(x.dtype, backward=True):
+    align = _alignment(n, x.dtype)
+    if _in_registers(n, x.dtype, backward=True):
         # rows in registers: each program of a persistent grid sums its rows' dgamma/dbeta
         programs = max(1, min(m, program_budget(x.device)))
         dw_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_w else _empty(rstd)
         db_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
         if m > 0:
             _backward_kernel[(programs,)](dy, x, w_arg, mean_arg, rstd, dx, dw_partial if has_w else rstd,
-                                          db_partial if has_bias else rstd, m, n, triton.cdiv(m, programs),
+                                          db_partial if has_bias else rstd, m, n // align, triton.cdiv(m, programs),
                                           IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc, BLOCK_N=block_n,
-                                          ROWS=rows, num_warps=num_warps)
+                                          ROWS=rows, ALIGN=align, num_warps=num_warps)
     else:
         # long rows: dx row by row, then dgamma/dbeta over blocks of columns
         tile_rows, tile_cols = WEIGHT_GRADIENT_TILE
@@ -320,13 +345,13 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
         db_partial = torch.zeros(row_programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
         if m > 0:
             grid = (rows_in_flight(x.device, m, 2 * n * x.element_size()),)
-            _backward_chunked_kernel[grid](dy, x, w_arg, mean_arg, rstd, dx, m, n, IS_RMS=rms, HAS_W=has_w, ACC=acc,
-                                           BLOCK_N=block_n, num_warps=num_warps)
+            _backward_chunked_kernel[grid](dy, x, w_arg, mean_arg, rstd, dx, m, n // align, IS_RMS=rms, HAS_W=has_w,
+                                           ACC=acc, BLOCK_N=block_n, ALIGN=align, num_warps=num_warps)
             if has_w or has_bias:
                 _weight_gradient_kernel[(col_blocks, row_programs)](
                     dy, x, mean_arg, rstd, dw_partial if has_w else rstd, db_partial if has_bias else rstd,
-                    m, n, triton.cdiv(m, row_programs), IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc,
-                    ROWS=tile_rows, BLOCK_N=tile_cols, num_warps=4)
+                    m, n // align, triton.cdiv(m, row_programs), IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc,
+                    ROWS=tile_rows, BLOCK_N=tile_cols, ALIGN=align, num_warps=4)
     # second step: reduce the bounded (programs, N) buffers
     dw = dw_partial.sum(0).to(weight.dtype) if has_w else _empty(x)
     db = db_partial.sum(0).to(x.dtype if weight is None else weight.dtype) if has_bias else _empty(x)
