@@ -256,6 +256,27 @@ def test_group_norm_other_ranks_layouts_and_instance_norm():
                                      torch.rand(4, dtype=torch.float64, device=DEVICE, requires_grad=True)))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_group_norm_splits_the_positions_of_few_groups(channels_last):
+    # one example, one group: too few programs, so each group's positions are cut into slices whose
+    # statistics and gradient sums are merged (several slices in the interpreter's program budget)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(1, 4, 48, 48, generator=g) * 3 + 20).to(DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w, b = (torch.rand(4, generator=g) + 0.5).to(DEVICE), torch.randn(4, generator=g).to(DEVICE)
+    dy = torch.randn(1, 4, 48, 48, generator=g).to(DEVICE)
+    block_s = kgn._tile(4, 48 * 48)[1]
+    assert kgn._slices(1, 48 * 48, block_s, x.device)[0] > 1
+    y, (dx, dw, db) = grads(lambda *t: kgn.group_norm(t[0], 1, t[1], t[2]), (x, w, b), dy)
+    y_ref, (dx_ref, dw_ref, db_ref) = grads(lambda *t: TF.group_norm(t[0].double(), 1, t[1].double(), t[2].double()),
+                                            (x, w, b), dy.double())
+    close(y, y_ref, torch.float32)
+    close(dx, dx_ref, torch.float32, grad=True)
+    close(dw, dw_ref, torch.float32, grad=True)
+    close(db, db_ref, torch.float32, grad=True)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_batch_norm_training_and_inference_match_torch(dtype):
     g = torch.Generator().manual_seed(0)
@@ -296,6 +317,41 @@ def test_batch_norm_splits_long_channels_and_handles_other_ranks():
     assert torch.autograd.gradcheck(lambda a, c: kbn.batch_norm_training(a, c, c)[0], leaves)
     ones, zeros = torch.ones(2, dtype=torch.float64, device=DEVICE), torch.zeros(2, dtype=torch.float64, device=DEVICE)
     assert torch.autograd.gradcheck(lambda a, c: kbn.batch_norm_inference(a, zeros, ones, c, c), leaves)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 70, 5, 6), (8, 64, 10, 10), (5, 130)],
+                         ids=["channels_last, two channel blocks", "channels_last, two splits", "(N, C), three channel blocks"])
+def test_batch_norm_reads_channels_last_and_2d_inputs_in_place(dtype, shape):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=g) * 2 + 30).to(DEVICE, dtype)
+    if x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = (torch.rand(c, generator=g) + 0.5).to(DEVICE, dtype), torch.randn(c, generator=g).to(DEVICE, dtype)
+    dy = torch.randn(shape, generator=g).to(DEVICE, dtype)
+    a, _, positions = kbn._view(kbn._layout(x))
+    assert positions == 1 and a == x.numel() // c          # read in place, channels contiguous
+    grid = kbn._launch(x)[0]
+    assert grid[0] == triton_cdiv(c, kbn.MAX_CHANNELS) and (grid[1] > 1) == (shape == (8, 64, 10, 10))
+    y, (dx, dw, db) = grads(lambda *t: kbn.batch_norm_training(*t)[0], (x, w, b), dy)
+    y_ref, (dx_ref, dw_ref, db_ref) = grads(lambda *t: TF.batch_norm(t[0].double(), None, None, t[1].double(),
+                                                                     t[2].double(), training=True), (x, w, b), dy.double())
+    if x.dim() == 4:
+        assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+    close(y, y_ref, dtype)
+    close(dx, dx_ref, dtype, grad=True)
+    close(dw, dw_ref, dtype, grad=True)
+    close(db, db_ref, dtype, grad=True)
+    running_mean, running_var = torch.randn(c, device=DEVICE) + 30, torch.rand(c, device=DEVICE) + 0.5
+    y = kbn.batch_norm_inference(x, running_mean, running_var, w, b)
+    if x.dim() == 4:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    close(y, TF.batch_norm(x.double(), running_mean.double(), running_var.double(), w.double(), b.double()), dtype)
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 def test_functional_dispatch_reaches_the_kernels(monkeypatch):

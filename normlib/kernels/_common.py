@@ -68,8 +68,9 @@ def tile_statistics(x, mask, count):
     """Mean and sum of squared deviations of the ``count`` masked elements of a tile (any rank).
     The mean of the deviations is added back to the mean: zero in exact arithmetic, the rounding
     error of the first sum in floating point (it matters when the mean is large)."""
-    mean = tl.sum(x) / count
-    mean += tl.sum(tl.where(mask, x - mean, 0.0)) / count
+    inverse = 1.0 / count   # one division: a float64 division is a subroutine call
+    mean = tl.sum(x) * inverse
+    mean += tl.sum(tl.where(mask, x - mean, 0.0)) * inverse
     deviation = tl.where(mask, x - mean, 0.0)
     return mean, tl.sum(deviation * deviation)
 
@@ -80,4 +81,5 @@ def chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2):
     (Chan, Golub & LeVeque 1983): stable, unlike sums of squares."""
     total = count + tile_count
     delta = tile_mean - mean
-    return total, mean + delta * tile_count / total, m2 + tile_m2 + delta * delta * count * tile_count / total
+    share = tile_count / total   # one division: a float64 division is a subroutine call
+    return total, mean + delta * share, m2 + tile_m2 + delta * delta * count * share

@@ -178,15 +178,20 @@ def compile_case(case: Case, arch: int) -> list[Launch]:
 
 
 def variants_across_batch_sizes(make_case: Callable[[int], Case], arch: int = 90) -> dict[str, int]:
-    """Compiled variants per kernel when only the batch size changes (one call per size in
-    ``BATCH_SIZES``): 1 each when no argument that scales with the batch is specialized."""
-    counts: dict[str, set] = {}
+    """The most variants any one configuration (kernel, constexprs, warps) of each kernel
+    compiled when only the batch size changes (one call per size in ``BATCH_SIZES``): 1 when
+    no argument that scales with the batch is specialized."""
+    variants: dict[tuple, set] = {}
     with compile_only(arch) as compiled:
         for size in BATCH_SIZES:
             make_case(size).run()
     for jit_fn, kernel in compiled:
-        counts.setdefault(f"{jit_fn.__module__.rsplit('.', 1)[-1]}.{jit_fn.__name__}", set()).add(id(kernel))
-    return {name: len(ids) for name, ids in counts.items()}
+        name, constexprs = _describe(jit_fn, kernel)
+        variants.setdefault((name, constexprs, kernel.metadata.num_warps), set()).add(id(kernel))
+    most: dict[str, int] = {}
+    for (name, _, _), ids in variants.items():
+        most[name] = max(most.get(name, 0), len(ids))
+    return most
 
 
 # ---------------------------------------------------------------- the cases
@@ -285,6 +290,8 @@ def cases() -> list[Case]:
                                          (128, 8, (8, 8)), (2048, 32, (7, 7)), (64, 1, (4, 4))):
                 found.append(group_norm_case(channels, groups, hw, dtype, channels_last))
         found.append(group_norm_case(64, 32, (16, 16), dtype, affine=False))
+        for channels_last in (False, True):   # one group: its positions split across programs
+            found.append(group_norm_case(64, 1, (64, 64), dtype, channels_last, batch=1))
         for channels_last in (False, True):
             for channels, hw in ((64, (32, 32)), (256, (7, 7)), (3, (5, 5))):
                 found.append(batch_norm_case(channels, hw, dtype, channels_last))

@@ -1,10 +1,15 @@
 """GroupNorm (and InstanceNorm, ``num_groups = C``) for ``(N, C, *)`` inputs.
 
-One program per (example, group). The group's elements are addressed through the channel and
-position strides, so a contiguous (NCHW) and a channels_last (NHWC) input are read in place;
-any other layout is made contiguous first. Forward: statistics over ``[channels of the group] x
-[positions]`` tiles merged with Chan's formula, then a second pass normalizes and applies the
-per-channel affine transform. Backward: a first pass sums ``dy`` and ``dy * xhat`` per channel
+A program takes one (example, group), or a slice of its positions when there are too few
+groups to fill the GPU (a diffusion UNet at batch 2 has 64 groups for 132 SMs). The group's
+elements are addressed through the channel and position strides, so a contiguous (NCHW) and a
+channels_last (NHWC) input are read in place; any other layout is made contiguous first.
+
+Forward: statistics over ``[channels of the group] x [positions]`` tiles merged with Chan's
+formula, then a second pass normalizes and applies the per-channel affine transform. With one
+program per group, one kernel does both passes; with several slices per group, a first kernel
+reduces each slice to (count, mean, squared deviations) and the normalize kernel merges its
+group's slices. Backward, the same way: a first pass sums ``dy`` and ``dy * xhat`` per channel
 (which gives both the group's two means and this example's share of ``dgamma``/``dbeta``,
 written to an ``(N, C)`` buffer summed in a second step), a second pass writes ``dx``.
 
@@ -17,51 +22,101 @@ import torch
 import triton
 import triton.language as tl
 
-from normlib.kernels._common import accumulator_dtype, chan_merge, check_input, stats_dtype, tile_statistics
+from normlib.kernels._common import (accumulator_dtype, chan_merge, check_input, program_budget, stats_dtype,
+                                     tile_statistics)
 
-TILE = 2048           # elements per tile: [channels of a group (padded to a power of two)] x [positions]
-TILE_FLOAT64 = 1024   # float64 tiles are smaller (the same registers)
+TILE = 1024        # elements per tile: [channels of a group (padded to a power of two)] x [positions]
+MIN_SLICE = 4      # tiles per slice of a group's positions, at least
 
 
-def _tile(channels_per_group: int, positions: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_S, num_warps): 16 elements per thread in a full tile (4 warps: larger
-    tiles, or 8 warps, spill in the backward), at least 8 in a small one, so that a thread's
-    run of a contiguous row is 128 bits in 16-bit dtypes."""
-    tile = TILE_FLOAT64 if dtype == torch.float64 else TILE
+def _tile(channels_per_group: int, positions: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_S, num_warps): 8 elements per thread (4 warps in a full tile; larger tiles
+    spill in the backward where loads are element by element), so that a thread's run of a
+    contiguous row is 128 bits in 16-bit dtypes."""
     block_c = triton.next_power_of_2(channels_per_group)
-    block_s = max(1, min(triton.next_power_of_2(positions), tile // block_c))
+    block_s = max(1, min(triton.next_power_of_2(positions), TILE // block_c))
     return block_c, block_s, max(1, min(4, block_c * block_s // 256))
 
 
+def _slices(groups: int, positions: int, block_s: int, device: torch.device) -> tuple[int, int]:
+    """(slices per group, tiles per slice): one slice while the groups alone give each SM a few
+    programs, else enough slices of at least ``MIN_SLICE`` tiles to fill the program budget."""
+    tiles = triton.cdiv(positions, block_s)
+    budget = program_budget(device)
+    slices = 1 if 2 * groups >= budget else max(1, min(triton.cdiv(budget, groups), tiles // MIN_SLICE))
+    per_slice = triton.cdiv(tiles, slices)
+    return triton.cdiv(tiles, per_slice), per_slice
+
+
 @triton.jit
-def _group(G, per_group, BLOCK_C: tl.constexpr):
-    # this program's example, and the group's channel indices and mask; per_group = C // G is an
-    # argument, so that Triton sees when it is a multiple of 16 (aligned, vectorizable channels_last rows)
+def _group(G, per_group, tiles_per_slice, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    # this program's example, its group's channels and mask, and its slice [first, last) of the
+    # positions; per_group = C // G is an argument, so that Triton sees when it is a multiple of 16
+    # (aligned, vectorizable channels_last rows)
     n = tl.program_id(0) // G
     lanes = tl.arange(0, BLOCK_C)
-    return n, (tl.program_id(0) % G) * per_group + lanes, lanes < per_group
+    first = tl.program_id(1) * tiles_per_slice * BLOCK_S
+    return (n, (tl.program_id(0) % G) * per_group + lanes, lanes < per_group, first,
+            tl.minimum(first + tiles_per_slice * BLOCK_S, S))
 
 
 @triton.jit
-def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, per_group, stride_n, stride_c, stride_s, eps,
-                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n, channels, channel_mask = _group(G, per_group, BLOCK_C)
-    base = n.to(tl.int64) * stride_n
+def _offsets(base, channels, channel_mask, positions, S, stride_c, stride_s):
+    offsets = base + channels[:, None].to(tl.int64) * stride_c + positions[None, :].to(tl.int64) * stride_s
+    return offsets, channel_mask[:, None] & (positions[None, :] < S)
+
+
+@triton.jit
+def _statistics(X, base, channels, channel_mask, first, last, per_group, stride_c, stride_s,
+                ACC: tl.constexpr, BLOCK_S: tl.constexpr):
+    # count, mean and squared deviations of the group's positions [first, last)
     count = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
     m2 = tl.zeros([], dtype=ACC)
-    for start in range(0, S, BLOCK_S):
-        positions = start + tl.arange(0, BLOCK_S)
-        mask = channel_mask[:, None] & (positions[None, :] < S)
-        offsets = base + channels[:, None].to(tl.int64) * stride_c + positions[None, :].to(tl.int64) * stride_s
+    for start in range(first, last, BLOCK_S):
+        offsets, mask = _offsets(base, channels, channel_mask, start + tl.arange(0, BLOCK_S), last, stride_c, stride_s)
         x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
-        k = (per_group * tl.minimum(S - start, BLOCK_S)).to(ACC)
+        k = (per_group * tl.minimum(last - start, BLOCK_S)).to(ACC)
         tile_mean, tile_m2 = tile_statistics(x, mask, k)
         count, mean, m2 = chan_merge(count, mean, m2, k, tile_mean, tile_m2)
+    return count, mean, m2
+
+
+@triton.jit(do_not_specialize=["tiles_per_slice"])
+def _statistics_kernel(X, Count, Mean, M2, S, G, per_group, tiles_per_slice, stride_n, stride_c, stride_s,
+                       ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    # several slices per group: each slice's statistics, merged by the normalize kernel
+    n, channels, channel_mask, first, last = _group(G, per_group, tiles_per_slice, S, BLOCK_C, BLOCK_S)
+    count, mean, m2 = _statistics(X, n.to(tl.int64) * stride_n, channels, channel_mask, first, last, per_group,
+                                  stride_c, stride_s, ACC, BLOCK_S)
+    out = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    tl.store(Count + out, count)
+    tl.store(Mean + out, mean)
+    tl.store(M2 + out, m2)
+
+
+@triton.jit(do_not_specialize=["tiles_per_slice"])
+def _forward_kernel(X, W, B, Y, Mean, Rstd, Count, PartialMean, M2, S, G, per_group, tiles_per_slice,
+                    stride_n, stride_c, stride_s, eps,
+                    SLICED: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    n, channels, channel_mask, first, last = _group(G, per_group, tiles_per_slice, S, BLOCK_C, BLOCK_S)
+    base = n.to(tl.int64) * stride_n
+    if SLICED:   # merge the group's slices
+        count = tl.zeros([], dtype=ACC)
+        mean = tl.zeros([], dtype=ACC)
+        m2 = tl.zeros([], dtype=ACC)
+        for i in range(0, tl.num_programs(1)):
+            at = tl.program_id(0) * tl.num_programs(1) + i
+            count, mean, m2 = chan_merge(count, mean, m2, tl.load(Count + at), tl.load(PartialMean + at),
+                                         tl.load(M2 + at))
+    else:
+        count, mean, m2 = _statistics(X, base, channels, channel_mask, 0, S, per_group, stride_c, stride_s,
+                                      ACC, BLOCK_S)
     rstd = 1.0 / tl.sqrt(m2 / count + eps)
-    tl.store(Mean + tl.program_id(0), mean)
-    tl.store(Rstd + tl.program_id(0), rstd)
+    if tl.program_id(1) == 0:
+        tl.store(Mean + tl.program_id(0), mean)
+        tl.store(Rstd + tl.program_id(0), rstd)
     if HAS_W:
         scale = tl.load(W + channels, mask=channel_mask, other=0.0).to(ACC) * rstd
     else:
@@ -70,53 +125,83 @@ def _forward_kernel(X, W, B, Y, Mean, Rstd, C, S, G, per_group, stride_n, stride
         shift = tl.load(B + channels, mask=channel_mask, other=0.0).to(ACC)
     else:
         shift = tl.zeros([BLOCK_C], dtype=ACC)
-    for start in range(0, S, BLOCK_S):
-        positions = start + tl.arange(0, BLOCK_S)
-        mask = channel_mask[:, None] & (positions[None, :] < S)
-        offsets = base + channels[:, None].to(tl.int64) * stride_c + positions[None, :].to(tl.int64) * stride_s
+    for start in range(first, last, BLOCK_S):
+        offsets, mask = _offsets(base, channels, channel_mask, start + tl.arange(0, BLOCK_S), last, stride_c, stride_s)
         x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
         # (x - mean) * scale, not x * scale - mean * scale: no cancellation when |mean| >> std
         tl.store(Y + offsets, ((x - mean) * scale[:, None] + shift[:, None]).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, C, S, G, per_group, group_size,
-                     stride_n, stride_c, stride_s, dy_stride_n, dy_stride_c, dy_stride_s,
-                     HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n, channels, channel_mask = _group(G, per_group, BLOCK_C)
+def _gradient_sums(DY, X, base, dy_base, channels, channel_mask, first, last, mean, rstd,
+                   stride_c, stride_s, dy_stride_c, dy_stride_s, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_S: tl.constexpr):
+    # per channel of the group: sum(dy) and sum(dy * xhat) over the positions [first, last)
+    sum_dy = tl.zeros([BLOCK_C], dtype=ACC)
+    sum_dy_xhat = tl.zeros([BLOCK_C], dtype=ACC)
+    for start in range(first, last, BLOCK_S):
+        positions = start + tl.arange(0, BLOCK_S)
+        offsets, mask = _offsets(base, channels, channel_mask, positions, last, stride_c, stride_s)
+        dy_offsets, _ = _offsets(dy_base, channels, channel_mask, positions, last, dy_stride_c, dy_stride_s)
+        x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(DY + dy_offsets, mask=mask, other=0.0).to(ACC)
+        sum_dy += tl.sum(dy, axis=1)
+        sum_dy_xhat += tl.sum(dy * tl.where(mask, (x - mean) * rstd, 0.0), axis=1)
+    return sum_dy, sum_dy_xhat
+
+
+@triton.jit(do_not_specialize=["tiles_per_slice"])
+def _gradient_sums_kernel(DY, X, Mean, Rstd, SumDy, SumDyXhat, C, S, G, per_group, tiles_per_slice,
+                          stride_n, stride_c, stride_s, dy_stride_n, dy_stride_c, dy_stride_s,
+                          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    # several slices per group: each slice's per-channel sums, added up by the backward kernel
+    n, channels, channel_mask, first, last = _group(G, per_group, tiles_per_slice, S, BLOCK_C, BLOCK_S)
+    sum_dy, sum_dy_xhat = _gradient_sums(DY, X, n.to(tl.int64) * stride_n, n.to(tl.int64) * dy_stride_n, channels,
+                                         channel_mask, first, last, tl.load(Mean + tl.program_id(0)),
+                                         tl.load(Rstd + tl.program_id(0)), stride_c, stride_s, dy_stride_c,
+                                         dy_stride_s, ACC, BLOCK_C, BLOCK_S)
+    out = tl.program_id(1).to(tl.int64) * tl.num_programs(0) * BLOCK_C + tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tl.store(SumDy + out, sum_dy)
+    tl.store(SumDyXhat + out, sum_dy_xhat)
+
+
+@triton.jit(do_not_specialize=["tiles_per_slice"])
+def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, SumDy, SumDyXhat, C, S, G, per_group,
+                     tiles_per_slice, group_size, stride_n, stride_c, stride_s, dy_stride_n, dy_stride_c, dy_stride_s,
+                     SLICED: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                     BLOCK_S: tl.constexpr):
+    n, channels, channel_mask, first, last = _group(G, per_group, tiles_per_slice, S, BLOCK_C, BLOCK_S)
     base = n.to(tl.int64) * stride_n
     dy_base = n.to(tl.int64) * dy_stride_n
     mean = tl.load(Mean + tl.program_id(0))
     rstd = tl.load(Rstd + tl.program_id(0))
-    sum_dy = tl.zeros([BLOCK_C], dtype=ACC)
-    sum_dy_xhat = tl.zeros([BLOCK_C], dtype=ACC)
-    for start in range(0, S, BLOCK_S):
-        positions = start + tl.arange(0, BLOCK_S)
-        mask = channel_mask[:, None] & (positions[None, :] < S)
-        x = tl.load(X + base + channels[:, None].to(tl.int64) * stride_c + positions[None, :].to(tl.int64) * stride_s,
-                    mask=mask, other=0.0).to(ACC)
-        dy = tl.load(DY + dy_base + channels[:, None].to(tl.int64) * dy_stride_c
-                     + positions[None, :].to(tl.int64) * dy_stride_s, mask=mask, other=0.0).to(ACC)
-        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-        sum_dy += tl.sum(dy, axis=1)
-        sum_dy_xhat += tl.sum(dy * xhat, axis=1)
-    # this example's share of dgamma and dbeta (summed over examples in a second step)
-    partial = n.to(tl.int64) * C + channels
-    tl.store(DW_PARTIAL + partial, sum_dy_xhat, mask=channel_mask)
-    tl.store(DB_PARTIAL + partial, sum_dy, mask=channel_mask)
+    if SLICED:   # add up the group's slices
+        sum_dy = tl.zeros([BLOCK_C], dtype=ACC)
+        sum_dy_xhat = tl.zeros([BLOCK_C], dtype=ACC)
+        for i in range(0, tl.num_programs(1)):
+            at = i * tl.num_programs(0) * BLOCK_C + tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+            sum_dy += tl.load(SumDy + at)
+            sum_dy_xhat += tl.load(SumDyXhat + at)
+    else:
+        sum_dy, sum_dy_xhat = _gradient_sums(DY, X, base, dy_base, channels, channel_mask, 0, S, mean, rstd,
+                                             stride_c, stride_s, dy_stride_c, dy_stride_s, ACC, BLOCK_C, BLOCK_S)
+    if tl.program_id(1) == 0:
+        # this example's share of dgamma and dbeta (summed over examples in a second step)
+        partial = n.to(tl.int64) * C + channels
+        tl.store(DW_PARTIAL + partial, sum_dy_xhat, mask=channel_mask)
+        tl.store(DB_PARTIAL + partial, sum_dy, mask=channel_mask)
     if HAS_W:
         w = tl.load(W + channels, mask=channel_mask, other=0.0).to(ACC)
     else:
         w = tl.where(channel_mask, 1.0, 0.0).to(ACC)
     mean_g = tl.sum(w * sum_dy, axis=0) / group_size             # mean of g = gamma * dy over the group
     mean_g_xhat = tl.sum(w * sum_dy_xhat, axis=0) / group_size   # mean of g * xhat
-    for start in range(0, S, BLOCK_S):
+    for start in range(first, last, BLOCK_S):
         positions = start + tl.arange(0, BLOCK_S)
-        mask = channel_mask[:, None] & (positions[None, :] < S)
-        offsets = base + channels[:, None].to(tl.int64) * stride_c + positions[None, :].to(tl.int64) * stride_s
+        offsets, mask = _offsets(base, channels, channel_mask, positions, last, stride_c, stride_s)
+        dy_offsets, _ = _offsets(dy_base, channels, channel_mask, positions, last, dy_stride_c, dy_stride_s)
         x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
-        dy = tl.load(DY + dy_base + channels[:, None].to(tl.int64) * dy_stride_c
-                     + positions[None, :].to(tl.int64) * dy_stride_s, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(DY + dy_offsets, mask=mask, other=0.0).to(ACC)
         xhat = (x - mean) * rstd
         dx = (w[:, None] * dy - mean_g - xhat * mean_g_xhat) * rstd
         tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=mask)
@@ -146,14 +231,20 @@ def _forward(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[tor
     n, c = x.shape[:2]
     s = x[0, 0].numel() if n else 0
     y = torch.empty_like(x)   # keeps x's memory format
-    mean = torch.empty(n * num_groups, device=x.device, dtype=stats_dtype(x.dtype))
+    sd = stats_dtype(x.dtype)
+    mean = torch.empty(n * num_groups, device=x.device, dtype=sd)
     rstd = torch.empty_like(mean)
-    if n:
-        block_c, block_s, num_warps = _tile(c // num_groups, s, x.dtype)
-        _forward_kernel[(n * num_groups,)](
-            x, weight if weight is not None else x, bias if bias is not None else x, y, mean, rstd, c, s, num_groups, c // num_groups,
-            *_strides(x), eps, HAS_W=weight is not None, HAS_B=bias is not None, ACC=accumulator_dtype(x.dtype),
-            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps)
+    if n and s:
+        block_c, block_s, num_warps = _tile(c // num_groups, s)
+        slices, tiles_per_slice = _slices(n * num_groups, s, block_s, x.device)
+        grid, shape = (n * num_groups, slices), (s, num_groups, c // num_groups, tiles_per_slice, *_strides(x))
+        tile = dict(ACC=accumulator_dtype(x.dtype), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps)
+        partials = [torch.empty(n * num_groups * slices, device=x.device, dtype=sd) for _ in range(3)]
+        if slices > 1:
+            _statistics_kernel[grid](x, *partials, *shape, **tile)
+        _forward_kernel[grid](x, weight if weight is not None else x, bias if bias is not None else x, y, mean, rstd,
+                              *partials, *shape, eps, SLICED=slices > 1, HAS_W=weight is not None,
+                              HAS_B=bias is not None, **tile)
     return y, mean, rstd
 
 
@@ -172,13 +263,20 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     dx = torch.empty_like(x)
     dw_partial = torch.zeros(n, c, device=x.device, dtype=mean.dtype)
     db_partial = torch.zeros(n, c, device=x.device, dtype=mean.dtype)
-    if n:
-        block_c, block_s, num_warps = _tile(c // num_groups, s, x.dtype)
-        _backward_kernel[(n * num_groups,)](
-            dy, x, weight if weight is not None else x, mean, rstd, dx, dw_partial, db_partial, c, s, num_groups,
-            c // num_groups, c // num_groups * s,
-            *_strides(x), *_strides(dy), HAS_W=weight is not None, ACC=accumulator_dtype(x.dtype),
-            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps)
+    if n and s:
+        per_group = c // num_groups
+        block_c, block_s, num_warps = _tile(per_group, s)
+        slices, tiles_per_slice = _slices(n * num_groups, s, block_s, x.device)
+        grid = (n * num_groups, slices)
+        strides = (*_strides(x), *_strides(dy))
+        tile = dict(ACC=accumulator_dtype(x.dtype), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps)
+        sums = [torch.empty(slices * n * num_groups * block_c, device=x.device, dtype=mean.dtype) for _ in range(2)]
+        if slices > 1:
+            _gradient_sums_kernel[grid](dy, x, mean, rstd, *sums, c, s, num_groups, per_group, tiles_per_slice,
+                                        *strides, **tile)
+        _backward_kernel[grid](dy, x, weight if weight is not None else x, mean, rstd, dx, dw_partial, db_partial,
+                               *sums, c, s, num_groups, per_group, tiles_per_slice, per_group * s, *strides,
+                               SLICED=slices > 1, HAS_W=weight is not None, **tile)
     dtype = weight.dtype if weight is not None else x.dtype
     return dx, dw_partial.sum(0).to(dtype), db_partial.sum(0).to(dtype)
 
