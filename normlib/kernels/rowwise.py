@@ -76,15 +76,21 @@ def _alignment(n: int, dtype: torch.dtype) -> int:
     return align
 
 
+@triton.jit
+def _row_tile(start, last, cols, col_mask, N, ROWS: tl.constexpr):
+    # rows [start, start + ROWS) that are below last: indices, mask, the tile's mask and offsets
+    rows = start + tl.arange(0, ROWS)
+    row_mask = rows < last
+    return rows, row_mask, row_mask[:, None] & col_mask[None, :], rows.to(tl.int64)[:, None] * N + cols[None, :]
+
+
 @triton.jit(do_not_specialize=["M"])
 def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
                     IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
     N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    rows, row_mask, mask, offsets = _row_tile(tl.program_id(0) * ROWS, M, cols, cols < N, N, ROWS)
     x = tl.load(X + offsets, mask=mask, other=0.0)
     if HAS_RES:
         # round the sum to the storage dtype: the kernel normalizes exactly the tensor it returns
@@ -100,9 +106,9 @@ def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
         error = tl.sum(centered, axis=1) / N
         mean += error
         centered = tl.where(mask, centered - error[:, None], 0.0)
-        tl.store(Mean + rows, mean, mask=rows < M)
+        tl.store(Mean + rows, mean, mask=row_mask)
     rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / N + eps)
-    tl.store(Rstd + rows, rstd, mask=rows < M)
+    tl.store(Rstd + rows, rstd, mask=row_mask)
     y = centered * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :]
@@ -173,10 +179,7 @@ def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, row_un
     first = program * rows_per_program
     last = tl.minimum(first + rows_per_program, M)
     for start in range(first, last, ROWS):
-        rows = start + tl.arange(0, ROWS)
-        row_mask = rows < last
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        rows, row_mask, mask, offsets = _row_tile(start, last, cols, col_mask, N, ROWS)
         x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
         dy = tl.load(DY + offsets, mask=mask, other=0.0).to(ACC)
         rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
@@ -253,10 +256,7 @@ def _weight_gradient_kernel(DY, X, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, row_un
     first = tl.program_id(1) * rows_per_program
     last = tl.minimum(first + rows_per_program, M)
     for start in range(first, last, ROWS):
-        rows = start + tl.arange(0, ROWS)
-        row_mask = rows < last
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        rows, row_mask, mask, offsets = _row_tile(start, last, cols, col_mask, N, ROWS)
         dy = tl.load(DY + offsets, mask=mask, other=0.0).to(ACC)
         if HAS_W:
             x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
