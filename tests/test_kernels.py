@@ -450,3 +450,36 @@ def test_backend_names_the_path(monkeypatch):
     assert decide() == ("triton" if GPU else "reference: no CUDA device")
     monkeypatch.undo()
     assert decide() == first
+
+
+def test_persistent_grid_is_what_the_gpu_holds_at_once(monkeypatch):
+    # the GPU branch, with the compiled kernel and the device faked: 132 SMs; 109 registers on 16
+    # warps fit once per SM (the bfloat16 backward at N = 8192), 40 registers on 8 warps six times
+    from types import SimpleNamespace
+
+    from normlib.kernels import _common
+
+    class Compiled:
+        def __init__(self, registers, warps):
+            self.n_regs, self.metadata = registers, SimpleNamespace(num_warps=warps, shared=64)
+
+        def _init_handles(self):
+            pass
+
+    class Kernel:
+        def __init__(self, registers, warps):
+            self.compiled, self.warmups = Compiled(registers, warps), 0
+
+        def warmup(self, *args, grid, **options):
+            self.warmups += 1
+            return self.compiled
+
+    monkeypatch.setattr(_common, "_multiprocessors", lambda index: 132)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    cuda = torch.device("cuda", 0)
+    big, small = Kernel(109, 16), Kernel(40, 8)
+    assert _common.persistent_programs(big, (), dict(num_warps=16), cuda, rows=100_000) == 132
+    assert _common.persistent_programs(small, (), dict(num_warps=8), cuda, rows=100_000) == 6 * 132
+    assert _common.persistent_programs(small, (), dict(num_warps=8), cuda, rows=80) == 10   # 8 rows each at least
+    assert small.warmups == 1                                                                 # compiled once, then cached
+    assert _common.persistent_programs(small, (), {}, torch.device("cpu"), rows=80) == INTERPRETER_PROGRAMS

@@ -1,6 +1,7 @@
-"""What the kernel families share: the accumulator dtype, the device check, the size of persistent
-grids, and the Triton helpers for tile statistics. Argument checks and the statistics dtype are
-normlib's one set (``normlib._validation``)."""
+"""What the kernel families share: the accumulator dtype, the device check, the size of grids
+(persistent ones from the compiled kernel's occupancy), and the Triton helpers for tile
+statistics. Argument checks and the statistics dtype are normlib's one set
+(``normlib._validation``)."""
 
 import functools
 import os
@@ -14,8 +15,15 @@ from normlib._validation import check_param, check_tensor, stats_dtype  # noqa: 
 # read once, when the kernels are defined: triton.jit makes interpreted kernels from then on
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 COMPILE_ONLY = False           # set by normlib.kernels.check: launches compile for a target, run nothing
-PROGRAMS_PER_SM = 4            # persistent backward: programs per streaming multiprocessor
+PROGRAMS_PER_SM = 4            # long-row grids and the dgamma/dbeta kernel: programs per streaming multiprocessor
 INTERPRETER_PROGRAMS = 4       # under TRITON_INTERPRET=1 each program costs milliseconds
+MIN_ROWS_PER_PROGRAM = 8       # persistent backward: its partial-sum row costs at most 1/8 of what it reads
+# what one SM offers a program (CUDA programming guide, compute capabilities 8.x-12.x)
+REGISTERS_PER_SM = 65536
+MAX_WARPS_PER_SM = 64
+MAX_PROGRAMS_PER_SM = 32
+SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}   # others: 100 KB (sm_86, sm_89, sm_120)
+SHARED_RESERVED_PER_PROGRAM = 1024
 
 
 def accumulator_dtype(dtype: torch.dtype):
@@ -40,11 +48,47 @@ def _multiprocessors(index: int) -> int:
 
 
 def program_budget(device: torch.device) -> int:
-    """Programs of a persistent grid: a few per SM on a GPU, a handful in the interpreter. It
+    """Programs of a bounded grid: a few per SM on a GPU, a handful in the interpreter. It
     bounds the partial-sum buffers, whatever the number of rows."""
     if device.type == "cuda":
-        return PROGRAMS_PER_SM * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+        return PROGRAMS_PER_SM * _multiprocessors(_index(device))
     return INTERPRETER_PROGRAMS
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def programs_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int) -> int:
+    """Programs of a compiled kernel that one SM holds at once (occupancy): registers are
+    allocated per warp in units of 256 (8 per thread), at most 64 warps and 32 programs per SM,
+    and the shared memory of compute capability ``arch`` (80 for sm_80)."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = REGISTERS_PER_SM // (per_warp * num_warps)
+    by_shared = SHARED_PER_SM.get(arch, 100 * 1024) // (shared_bytes + SHARED_RESERVED_PER_PROGRAM)
+    return min(by_registers, MAX_WARPS_PER_SM // num_warps, MAX_PROGRAMS_PER_SM, by_shared)
+
+
+_RESIDENT: dict = {}
+
+
+def persistent_programs(kernel, args: tuple, options: dict, device: torch.device, rows: int) -> int:
+    """Programs of a persistent grid over ``rows`` rows: as many as the GPU holds at once (the
+    compiled kernel's registers, warps and shared memory, times the SMs), but no fewer than
+    ``MIN_ROWS_PER_PROGRAM`` rows each; a handful in the interpreter and when only compiling.
+    ``args`` and ``options`` are a launch's (their integers that scale with the rows are not
+    specialized, so any values compile the same variant)."""
+    limit = max(1, -(-rows // MIN_ROWS_PER_PROGRAM))
+    if device.type != "cuda" or COMPILE_ONLY:
+        return min(limit, INTERPRETER_PROGRAMS)
+    key = (kernel, _index(device), tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if key not in _RESIDENT:
+        compiled = kernel.warmup(*args, grid=(1,), **options)   # compiles (or finds) it; launches nothing
+        compiled._init_handles()                                  # loads it: n_regs
+        major, minor = torch.cuda.get_device_capability(_index(device))
+        _RESIDENT[key] = _multiprocessors(_index(device)) * programs_per_sm(
+            compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared, 10 * major + minor)
+    return max(1, min(limit, _RESIDENT[key]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,9 +102,8 @@ def rows_in_flight(device: torch.device, rows: int, row_bytes: int) -> int:
     per SM and at most ``PROGRAMS_PER_SM`` per SM; a handful in the interpreter."""
     if device.type != "cuda":
         return max(1, min(rows, INTERPRETER_PROGRAMS))
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    sms = _multiprocessors(index)
-    return max(1, min(rows, max(sms, min(PROGRAMS_PER_SM * sms, _l2_bytes(index) // 2 // max(1, row_bytes)))))
+    sms = _multiprocessors(_index(device))
+    return max(1, min(rows, max(sms, min(PROGRAMS_PER_SM * sms, _l2_bytes(_index(device)) // 2 // max(1, row_bytes)))))
 
 
 @triton.jit

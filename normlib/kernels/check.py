@@ -32,13 +32,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from normlib.kernels._common import programs_per_sm
+
 ARCHS = (80, 90)
-# what one SM offers a kernel (CUDA programming guide, compute capabilities 8.0 and 9.0)
-REGISTERS_PER_SM = 65536
-MAX_WARPS_PER_SM = 64
-MAX_PROGRAMS_PER_SM = 32
-SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
-SHARED_RESERVED_PER_PROGRAM = 1024
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 BATCH_SIZES = (1, 2, 3, 5, 8, 16, 17, 31, 32, 48, 64, 100, 127, 128, 256, 333, 512, 1000, 1024, 4096)
 
@@ -139,15 +135,6 @@ def widest_global_load(ptx: str) -> int:
         bits = next((int(p[1:]) for p in reversed(parts) if re.fullmatch(r"[bfsu]\d+", p)), 0)
         widest = max(widest, lanes * bits)
     return widest
-
-
-def programs_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int) -> int:
-    """Programs one SM can hold: registers are allocated per warp in units of 256 (8 per
-    thread), at most 64 warps and 32 programs per SM, and the shared memory."""
-    per_warp = -(-registers * 32 // 256) * 256
-    by_registers = REGISTERS_PER_SM // (per_warp * num_warps)
-    by_shared = SHARED_PER_SM[arch] // (shared_bytes + SHARED_RESERVED_PER_PROGRAM)
-    return min(by_registers, MAX_WARPS_PER_SM // num_warps, MAX_PROGRAMS_PER_SM, by_shared)
 
 
 def _describe(jit_fn, kernel) -> tuple[str, str]:

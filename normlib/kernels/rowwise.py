@@ -9,8 +9,9 @@ so the rows in flight fit in the L2 cache and the second pass reads them there. 
 optional residual is added first; the sum is stored (in the input dtype) and normalized, as
 pre-norm transformers need both.
 
-Backward, rows that fit in registers: a persistent grid of at most ``PROGRAMS_PER_SM x SMs``
-programs, each taking a contiguous block of rows. Every program computes its rows' ``dx`` and
+Backward, rows that fit in registers: a persistent grid of as many programs as the GPU holds at
+once (from the compiled kernel's registers, warps and shared memory), at least 8 rows each,
+each taking a contiguous block of rows. Every program computes its rows' ``dx`` and
 accumulates its share of ``dgamma``/``dbeta`` in float32 registers (float64 for float64
 inputs), then writes one row of a ``(programs, N)`` buffer; a second step sums the buffer.
 Long rows: one kernel computes each row's two reductions and ``dx`` (chunk by chunk), and a
@@ -32,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from normlib.kernels._common import (accumulator_dtype, chan_merge, check_input, program_budget, rows_in_flight,
-                                     stats_dtype, tile_statistics)
+from normlib.kernels._common import (accumulator_dtype, chan_merge, check_input, persistent_programs, program_budget,
+                                     rows_in_flight, stats_dtype, tile_statistics)
 
 # Longest rows held in registers, in bytes of accumulators per row: 16,384 float32 elements
 # forward, 8,192 backward (which holds x, dy, gamma and the two gradient sums per element);
@@ -327,15 +328,18 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     block_n, rows, num_warps = _launch_config(n, x.dtype, backward=True)
     align = _alignment(n, x.dtype)
     if _in_registers(n, x.dtype, backward=True):
-        # rows in registers: each program of a persistent grid sums its rows' dgamma/dbeta
-        programs = max(1, min(m, program_budget(x.device)))
+        # rows in registers: each program of a persistent grid (as many as the GPU holds at once)
+        # sums its rows' dgamma/dbeta
+        options = dict(IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc, BLOCK_N=block_n, ROWS=rows, ALIGN=align,
+                       num_warps=num_warps)
+        args = [dy, x, w_arg, mean_arg, rstd, dx, rstd, rstd, m, n // align, m]
+        programs = persistent_programs(_backward_kernel, tuple(args), options, x.device, m)
         dw_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_w else _empty(rstd)
         db_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
         if m > 0:
-            _backward_kernel[(programs,)](dy, x, w_arg, mean_arg, rstd, dx, dw_partial if has_w else rstd,
-                                          db_partial if has_bias else rstd, m, n // align, triton.cdiv(m, programs),
-                                          IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc, BLOCK_N=block_n,
-                                          ROWS=rows, ALIGN=align, num_warps=num_warps)
+            args[6:8] = dw_partial if has_w else rstd, db_partial if has_bias else rstd
+            args[10] = triton.cdiv(m, programs)
+            _backward_kernel[(programs,)](*args, **options)
     else:
         # long rows: dx row by row, then dgamma/dbeta over blocks of columns
         tile_rows, tile_cols = WEIGHT_GRADIENT_TILE
