@@ -354,15 +354,15 @@ def table(launches: list[Launch]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="folder for compile_check.json and compile_check.md "
-                        "(default: benchmarks/results/compile/ of the checkout)")
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "compile"),
+                        help="folder for compile_check.json and compile_check.md (default: %(default)s)")
     parser.add_argument("--arch", type=int, action="append", help="80 or 90 (default both)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 is set: the check needs Triton's compiler, not its interpreter")
     start = time.time()
     launches, found, variants = run_check(tuple(args.arch or ARCHS))
-    out = args.out or os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "compile")
+    out = args.out
     os.makedirs(out, exist_ok=True)
     import triton
     record = dict(triton=triton.__version__, seconds=round(time.time() - start, 1), problems=found,
