@@ -20,12 +20,13 @@ SCALE  ?= full
 SEED   ?= 0
 NPROC  ?= 2
 
-# The unit tests, many small Python-bound tests, run in two pytest-xdist workers with one torch
-# thread each. The notebooks still run one at a time on both cores, as committed and checked:
-# a chapter's numbers depend on the thread count (the order of float reductions), so running
-# them on one thread each, two at once, needs every chapter re-checked at both seeds first.
-# (On the 2-core machine the group-norm chapter takes about 105 s on two threads and 128 s on
-# one, so two at once should come out ahead.)
+# Both parts run in two pytest-xdist workers with one torch thread each. The unit tests are many
+# small Python-bound tests. For the book, `--dist loadscope` keeps each notebook (nbval runs it
+# cell by cell in one kernel) and tests/test_book.py (papermill at another seed, then the website
+# built from those runs) on one worker each, and test_book.py is collected first, so one worker
+# runs the chapters at SEED 1 and builds the site while the other runs them at SEED 0. Every
+# chapter is checked at both seeds on one thread, as CI runs it: a chapter's numbers depend on the
+# thread count (the order of float reductions).
 WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -47,7 +48,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 test: test-fast browser
-	$(PY) -m pytest --nbval-lax chapters tests/test_book.py
+	$(ONE_THREAD) $(PY) -m pytest -n $(WORKERS) --dist loadscope tests/test_book.py --nbval-lax chapters
 
 test-fast: $(STAMP)
 	$(ONE_THREAD) $(PY) -m pytest -n $(WORKERS) -m "not book" tests
