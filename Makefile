@@ -9,6 +9,7 @@
 #   make bench-cpu   normlib.functional, its reference layer and torch on the CPU, side by side
 #   make compile-check  every kernel configuration compiled for sm_80 and sm_90 (no GPU needed):
 #                    registers, spills, load width into benchmarks/results/compile/
+#   make format      format the chapters' code (black, lines <= 88; a test checks it)
 #   make lab         open the notebooks in JupyterLab
 #   make clean       remove build outputs (keeps .venv)
 
@@ -30,7 +31,7 @@ NPROC  ?= 2
 WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: book test test-fast reproduce distributed lab bench bench-cpu compile-check clean browser
+.PHONY: book test test-fast reproduce distributed lab bench bench-cpu compile-check clean browser format
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +77,9 @@ bench-cpu: $(STAMP)
 
 compile-check: $(STAMP)
 	env -u TRITON_INTERPRET $(PY) -m normlib.kernels.check --out benchmarks/results/compile
+
+format: $(STAMP)
+	$(PY) -m black --unstable --line-length 88 chapters
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab chapters/
