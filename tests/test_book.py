@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,11 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "_ext"))
+from repository_buttons import _origin, public_repository  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY = public_repository(_origin(ROOT))  # None: the buttons are hidden
 CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
 OTHER_SEED = 1
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -107,7 +112,7 @@ def website(book_copy) -> Path:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_copy), "--builder", "html",
          "-W", "-n", "--keep-going"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env={**os.environ, "NORMBOOK_REPOSITORY": REPOSITORY or ""},
     )
     warnings = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
                 if "WARNING" in line and "TCP without encryption" not in line]
@@ -201,6 +206,13 @@ def test_page_in_browser(doc, website, server, browser, book_copy):
         figures = image_outputs(executed)
         shown = page.locator("img").count()
         assert shown >= figures, f"{doc}: the notebook made {figures} figures, the page shows {shown} images"
+
+    # repository, issue and launch buttons lead to this book's public repository, or are absent
+    buttons = page.evaluate("Array.from(document.querySelectorAll('.article-header-buttons a[href]'))"
+                            ".map(a => a.href)")
+    elsewhere = [b for b in buttons if not b.startswith(server) and not b.startswith("javascript")
+                 and (REPOSITORY is None or urlparse(REPOSITORY).path not in b)]
+    assert not elsewhere, f"{doc}: header buttons point away from the book's repository: {elsewhere}"
 
     links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     broken_links = [link for link in links if link.startswith(server) and not link_target_exists(website, server, link)]

@@ -127,3 +127,13 @@ def test_data_readme_lists_the_recorded_checksums():
     for name, digest in SHA256.items():
         assert name in readme and digest in readme
         assert (ROOT / "data" / name).stat().st_size == int(re.search(rf"`{re.escape(name)}`.*\| (\d+) \|", readme).group(1))
+
+
+def test_repository_buttons_only_for_a_public_remote():
+    sys.path.insert(0, str(ROOT / "_ext"))
+    from repository_buttons import public_repository
+
+    assert public_repository("https://github.com/owner/book.git\n") == "https://github.com/owner/book"
+    assert public_repository("git@gitlab.com:owner/book.git") == "https://gitlab.com/owner/book"
+    for private in ("", "/work/main", "file:///srv/book.git", "https://git.example.org/owner/book"):
+        assert public_repository(private) is None, private
