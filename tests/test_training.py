@@ -152,6 +152,21 @@ def test_gradient_descent_threshold_is_two_over_lambda_max():
     assert quadratic.steps_to_reach([5, 3], 1.0) is None
 
 
+def test_gradient_descent_path_follows_the_update_rule():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 2)) + 3.0
+    y = X @ np.array([1.0, -1.0])
+    losses, weights = quadratic.gradient_descent(X, y, 0.01, 5, return_weights=True)
+    assert weights.shape == (6, 2) and np.array_equal(weights[0], [0.0, 0.0])
+    for t in range(5):  # w_{t+1} = w_t - lr * X^T (X w_t - y) / n, and the loss at w_t
+        w = weights[t]
+        np.testing.assert_allclose(weights[t + 1], w - 0.01 * X.T @ (X @ w - y) / 50)
+        np.testing.assert_allclose(losses[t], np.sum((X @ w - y) ** 2) / 100)
+    np.testing.assert_array_equal(losses, quadratic.gradient_descent(X, y, 0.01, 5))
+    with pytest.raises(ValueError, match=r"w0: expected shape \(2,\)"):
+        quadratic.gradient_descent(X, y, 0.01, 5, w0=[0.0])
+
+
 def test_fit_trains_an_mlp_and_records_history():
     g = seed_everything(0)
     x = torch.randn(256, 10)
@@ -255,3 +270,18 @@ def test_shakespeare_language_model_task():
     assert x.shape[1] == 32 and torch.equal(x[0, 1:], y[0, :-1]) and vx.shape == (8, 32)
     loss = next_token_loss(GPT(tokenizer.vocab_size, 32, width=16, depth=1, heads=2), (vx, vy))
     assert abs(loss.item() - np.log(tokenizer.vocab_size)) < 0.5  # untrained: about uniform
+
+
+def test_seed_range_and_spread_table():
+    from normlib.book.seeds import seed_range, spread_table
+
+    assert seed_range(3, 2) == [3, 4]
+    with pytest.raises(ValueError, match=r"count \(SEEDS\): expected a positive integer"):
+        seed_range(0, 0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        seed_range(0.5, 2)
+    table = spread_table({"gap": [0.5, -0.25]}, [0, 1], digits=2)
+    assert table.splitlines() == ["| | seed 0 | seed 1 | mean | min | max |", "|---|---|---|---|---|---|",
+                                  "| gap | 0.50 | -0.25 | 0.12 | -0.25 | 0.50 |"]
+    with pytest.raises(ValueError, match=r"results\['gap'\] has 1 values for 2 seeds"):
+        spread_table({"gap": [0.5]}, [0, 1])

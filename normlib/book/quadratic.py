@@ -29,10 +29,11 @@ def hessian(X) -> np.ndarray:
     return X.T @ X / len(X)
 
 
-def gradient_descent(X, y, lr: float, steps: int, w0=None) -> np.ndarray:
+def gradient_descent(X, y, lr: float, steps: int, w0=None, return_weights: bool = False):
     """Run full-batch gradient descent on ``||X w - y||^2 / (2 n)`` from ``w0`` (zeros by
     default) and return the ``steps + 1`` losses; a run that overflows stops with ``inf``.
-    Derived in ``chapters/01_feature_scaling.ipynb``."""
+    With ``return_weights=True``, also the ``(steps + 1, n_features)`` weights along the path
+    (``nan`` after a run overflows). Derived in ``chapters/01_feature_scaling.ipynb``."""
     X = _design(X)
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (len(X),):
@@ -40,7 +41,10 @@ def gradient_descent(X, y, lr: float, steps: int, w0=None) -> np.ndarray:
     if not lr > 0:
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
     w = np.zeros(X.shape[1]) if w0 is None else np.array(w0, dtype=np.float64)
+    if w.shape != (X.shape[1],):
+        raise ValueError(f"w0: expected shape ({X.shape[1]},), got {w.shape}")
     losses = np.full(steps + 1, np.inf)
+    weights = np.full((steps + 1, X.shape[1]), np.nan)
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
             residual = X @ w - y
@@ -48,8 +52,9 @@ def gradient_descent(X, y, lr: float, steps: int, w0=None) -> np.ndarray:
             if not np.isfinite(losses[t]) or losses[t] > 1e100:
                 losses[t:] = np.inf
                 break
+            weights[t] = w
             w = w - lr * (X.T @ residual) / len(X)
-    return losses
+    return (losses, weights) if return_weights else losses
 
 
 def steps_to_reach(losses, target: float) -> int | None:
