@@ -3,6 +3,8 @@
 #   make test        unit tests, nbval, papermill with another seed, website build + Chromium check
 #   make test-fast   the unit tests alone (no notebooks, no website): a few minutes
 #   make reproduce   papermill at SCALE=full into results/ (for a GPU machine)
+#   make spread CHAPTER=04_rms_norm SEEDS=5
+#                    one chapter at SCALE=ci over SEEDS seeds (the spread a chapter states)
 #   make distributed CHAPTER=02_batch_norm NPROC=4
 #                    one chapter under torchrun on NPROC processes (GPUs with NCCL, else CPU with gloo)
 #   make bench       kernel benchmark into benchmarks/results/ (GPU; tiny shapes on a CPU)
@@ -19,6 +21,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.normbook-installed
 SCALE  ?= full
 SEED   ?= 0
+SEEDS  ?= 5
 NPROC  ?= 2
 
 # Both parts run in two pytest-xdist workers with one torch thread each. The unit tests are many
@@ -31,7 +34,7 @@ NPROC  ?= 2
 WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: book test test-fast reproduce distributed lab bench bench-cpu compile-check clean browser format
+.PHONY: book test test-fast reproduce spread distributed lab bench bench-cpu compile-check clean browser format
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +62,12 @@ reproduce: $(STAMP)
 	for nb in chapters/[0-9]*.ipynb; do \
 	  $(VENV)/bin/papermill "$$nb" "results/$$(basename $$nb)" -p SCALE $(SCALE) -p SEED $(SEED) || exit 1; \
 	done
+
+spread: $(STAMP)
+	test -n "$(CHAPTER)" || { echo "usage: make spread CHAPTER=04_rms_norm SEEDS=5"; exit 2; }
+	mkdir -p results
+	$(VENV)/bin/papermill chapters/$(CHAPTER).ipynb results/$(CHAPTER)-$(SEEDS)seeds.ipynb \
+	  -p SCALE ci -p SEED $(SEED) -p SEEDS $(SEEDS) --cwd chapters
 
 # Each process runs the notebook in its own kernel, which inherits torchrun's environment, so
 # normlib.book.train.fit joins the process group; only rank 0 keeps its executed notebook.

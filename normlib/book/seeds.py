@@ -35,7 +35,7 @@ def spread_table(results: Mapping[str, Sequence[float]], seeds: Sequence[int], d
             raise ValueError(f"results[{name!r}] has {len(values)} values for {len(seeds)} seeds")
     V.check_positive_int(digits, "digits")
     head = "| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | min | max |"
-    rule = "|---" * (len(seeds) + 3) + "|"
+    rule = "|---" * (len(seeds) + 4) + "|"  # the name, one per seed, mean, min, max
     rows = []
     for name, values in results.items():
         values = np.asarray(values, dtype=float)
