@@ -17,7 +17,8 @@ import normlib
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = ["normlib.functional", "normlib.reference", "normlib.nn", "normlib.spectral", "normlib.distributed",
                   "normlib.scaling", "normlib.kernels", "normlib.book.gan", "normlib.book.backward",
-                  "normlib.book.quadratic", "normlib.book.invariance", "normlib.book.bench"]
+                  "normlib.book.quadratic", "normlib.book.invariance", "normlib.book.bench",
+                  "normlib.book.seeds"]
 CORE = [p for p in (ROOT / "normlib").rglob("*.py") if "book" not in p.relative_to(ROOT / "normlib").parts]
 
 
