@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import normlib.functional as NF
+from normlib import nn
 from normlib.book.data import language_model_windows
 from normlib.book.models import GPT, NGPT
 from normlib.book.models.gpt import rotary
@@ -175,3 +176,36 @@ def test_fit_records_training_time_without_evaluations(monkeypatch):
     assert history.first_step_at_most("mse", mse[0]) == 0
     assert history.first_step_at_most("mse", mse.min()) == history.steps_of("mse")[mse.argmin()]
     assert history.first_step_at_most("mse", mse.min() - 1) is None
+
+
+def test_gpt_with_swiglu_has_the_gelu_mlps_parameter_count_and_stays_causal():
+    from normlib.book.models.gpt import SwiGLU, swiglu_width
+
+    assert swiglu_width(64) == 176 and swiglu_width(384) == 1024
+    gelu = GPT(VOCAB, CONTEXT, 48, depth=1, heads=2, positions="rotary")
+    swiglu = GPT(VOCAB, CONTEXT, 48, depth=1, heads=2, positions="rotary", mlp="swiglu")
+    assert isinstance(swiglu.blocks[0].mlp, SwiGLU)
+    count = lambda m: sum(p.numel() for p in m.blocks[0].mlp.parameters())  # noqa: E731
+    assert count(swiglu) == 3 * 48 * 128 and count(gelu) == 2 * 48 * 192  # equal: 18,432
+    x = torch.randn(2, 5, 48)
+    mlp = swiglu.blocks[0].mlp
+    torch.testing.assert_close(mlp(x), mlp.out(mlp.u(x) * torch.nn.functional.silu(mlp.v(x))))
+    ids = torch.randint(0, VOCAB, (2, CONTEXT))
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % VOCAB
+    torch.testing.assert_close(swiglu.eval()(ids)[:, :6], swiglu(changed)[:, :6])
+    with pytest.raises(ValueError, match="mlp: expected 'gelu' or 'swiglu'"):
+        GPT(VOCAB, CONTEXT, mlp="relu")
+
+
+def test_weight_decay_groups_decay_matrices_only():
+    from normlib.book.train import weight_decay_groups
+
+    model = GPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2, norm=lambda d: nn.RMSNorm(d))
+    decayed, kept = weight_decay_groups(model, 0.1)
+    assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in kept["params"])
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
+    assert {id(p) for p in kept["params"]} == {id(m.weight) for m in model.modules() if isinstance(m, nn.RMSNorm)}
+    with pytest.raises(ValueError, match="weight_decay: expected a number"):
+        weight_decay_groups(model, -1.0)

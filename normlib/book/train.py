@@ -22,7 +22,8 @@ from torch import nn
 from normlib import _validation as V
 from normlib.book import processes
 
-__all__ = ["seed_everything", "minibatches", "History", "fit", "warmup_cosine", "accuracy", "next_token_loss"]
+__all__ = ["seed_everything", "minibatches", "History", "fit", "warmup_cosine", "weight_decay_groups", "accuracy",
+           "next_token_loss"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -218,6 +219,17 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0,
         return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups that decay the matrices and embeddings (parameters with two or
+    more dimensions) and not the gains and biases of norms (one dimension), the usual recipe of
+    GPT-style training (nanoGPT, LLaMA) and of nGPT's baseline. Used in
+    ``chapters/09_ngpt.ipynb``."""
+    V.check_number(weight_decay, "weight_decay", low=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:

@@ -56,15 +56,38 @@ class CausalSelfAttention(nn.Module):
         return self.merge_heads(TF.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
+def swiglu_width(width: int) -> int:
+    """The hidden width of a SwiGLU MLP with the parameters of a ``4 * width`` GELU MLP: about
+    ``8 * width / 3`` (three matrices instead of two), rounded up to a multiple of 8."""
+    return 8 * ((8 * width // 3 + 7) // 8)
+
+
+class SwiGLU(nn.Module):
+    """``out(u(x) * silu(v(x)))`` (Shazeer 2020), the MLP of LLaMA-style models and of nGPT."""
+
+    def __init__(self, width: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or swiglu_width(width)
+        self.u, self.v = nn.Linear(width, hidden, bias=False), nn.Linear(width, hidden, bias=False)
+        self.out = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.u(x) * TF.silu(self.v(x)))
+
+
 class Block(nn.Module):
     """``x + attention(norm(x))``, then ``x + mlp(norm(x))``: the pre-norm residual block."""
 
-    def __init__(self, width: int, heads: int, norm: Callable[[int], nn.Module], rotary_positions: bool = False):
+    def __init__(self, width: int, heads: int, norm: Callable[[int], nn.Module], rotary_positions: bool = False,
+                 mlp: str = "gelu"):
         super().__init__()
         self.norm_attention, self.norm_mlp = norm(width), norm(width)
         self.attention = CausalSelfAttention(width, heads, rotary_positions)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
-                                 nn.Linear(4 * width, width, bias=False))
+        if mlp == "gelu":
+            self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
+                                     nn.Linear(4 * width, width, bias=False))
+        else:
+            self.mlp = SwiGLU(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm_attention(x))
@@ -75,19 +98,22 @@ class GPT(nn.Module):
     """Token embeddings, ``depth`` pre-norm blocks, a final norm and a linear read-out.
     ``norm(width)`` builds every normalization layer (LayerNorm by default). Positions are
     learned embeddings added to the tokens (``positions="learned"``) or rotary encodings of
-    the queries and keys (``positions="rotary"``, as in nGPT's baseline).
+    the queries and keys (``positions="rotary"``, as in nGPT's baseline). The MLP is a
+    ``4 * width`` GELU MLP (``mlp="gelu"``) or a SwiGLU of the same size (``mlp="swiglu"``).
     Used in ``chapters/04_rms_norm.ipynb`` and ``chapters/09_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
-                 norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned"):
+                 norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu"):
         super().__init__()
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions: expected 'learned' or 'rotary', got {positions!r}")
+        if mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp: expected 'gelu' or 'swiglu', got {mlp!r}")
         self.context = context
         self.token = nn.Embedding(vocab_size, width)
         if positions == "learned":
             self.position = nn.Embedding(context, width)
-        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary") for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary", mlp) for _ in range(depth))
         self.norm = norm(width)
         self.head = nn.Linear(width, vocab_size, bias=False)
         self.apply(self._init)

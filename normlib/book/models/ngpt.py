@@ -17,7 +17,7 @@ import torch.nn.functional as TF
 from torch import nn
 
 from normlib.functional import l2_normalize
-from normlib.book.models.gpt import CausalSelfAttention, check_token_ids
+from normlib.book.models.gpt import CausalSelfAttention, check_token_ids, swiglu_width
 
 
 class Scale(nn.Module):
@@ -105,7 +105,7 @@ class NGPT(nn.Module):
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  hidden: int | None = None, alpha_init: float = 0.05):
         super().__init__()
-        hidden = hidden or 8 * ((8 * width // 3 + 7) // 8)
+        hidden = hidden or swiglu_width(width)
         self.context = context
         self.token = nn.Embedding(vocab_size, width)
         self.blocks = nn.ModuleList(NormalizedBlock(width, heads, hidden, alpha_init) for _ in range(depth))
