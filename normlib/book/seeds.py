@@ -1,9 +1,10 @@
 """Claims that hold at any seed: an experiment repeated over seeds, and the spread it shows.
 
-Every chapter takes ``SEED`` (the first seed) and ``SEEDS`` (how many consecutive seeds its
+A chapter takes ``SEED`` (the first seed) and ``SEEDS`` (how many consecutive seeds its
 experiment runs; one at ``SCALE = "ci"``). A claim's threshold comes from the spread measured
 with ``SEEDS >= 5`` (``make spread CHAPTER=... SEEDS=5``), which the chapter states. Used in
-``chapters/04_rms_norm.ipynb`` and the other experiment chapters.
+``chapters/03_layer_norm.ipynb``, ``chapters/04_rms_norm.ipynb`` and
+``chapters/05_group_norm.ipynb``.
 """
 
 from __future__ import annotations

@@ -225,9 +225,10 @@ class _ResidualBlock(nn.Module):
 
 class StylizationNetwork(nn.Module):
     """A feed-forward network trained for one style, Johnson-style (Johnson et al. 2016, who use
-    five residual blocks and transposed convolutions; Ulyanov et al. 2016): a 9x9 convolution, two stride-2 convolutions, ``residual_blocks`` residual blocks, two 2x
-    nearest-neighbour upsamplings each followed by a 3x3 convolution, and a 9x9 convolution to RGB
-    squashed into [0, 1] by a sigmoid. Every convolution but the last is followed by
+    five residual blocks and transposed convolutions; Ulyanov et al. 2016): a 9x9 convolution,
+    two stride-2 convolutions, ``residual_blocks`` residual blocks, two 2x nearest-neighbour
+    upsamplings each followed by a 3x3 convolution, and a 9x9 convolution to RGB squashed into
+    [0, 1] by a sigmoid. Every convolution but the last is followed by
     ``norm(channels)`` (e.g. ``normlib.nn.BatchNorm2d`` or ``lambda c: normlib.nn.InstanceNorm2d(c,
     affine=True)``) and, outside the residual additions, a ReLU. Reflection padding keeps the borders
     free of artefacts; height and width must be multiples of 4.
