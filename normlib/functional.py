@@ -402,19 +402,33 @@ def local_response_norm(
     return reference.local_response_norm(input, size, alpha, beta, k)
 
 
-def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def adain(content: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+          eps: float = 1e-5) -> torch.Tensor:
     """Adaptive instance normalization (Huang & Belongie 2017).
 
     ``AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y)`` with per-instance,
     per-channel statistics over the spatial axes, ``sigma = sqrt(var + eps)`` from the
     biased variance. ``content`` is ``(N, C, *)``; ``style`` is ``(N, C, *')`` or
     ``(1, C, *')`` (one style for the whole batch); the spatial sizes may differ.
+    ``style`` may also be its statistics, a pair ``(mu(y), sigma(y))`` of ``(N, C)`` or
+    ``(1, C)`` tensors (computed once for many images, or predicted from a style code).
 
     Derived in ``chapters/07_adain.ipynb``.
     """
     V.check_tensor(content, "content", min_dim=3)
-    V.check_tensor(style, "style", min_dim=3)
     V.check_eps(eps)
+    V.check_values_per_channel(content, math.prod(content.shape[2:]), "spatial element per channel", "")
+    if isinstance(style, tuple):
+        if len(style) != 2:
+            raise ValueError(f"style: expected a feature map or a (mean, std) pair, got a tuple of {len(style)}")
+        for name, t in zip(("style[0] (mean)", "style[1] (std)"), style):
+            V.check_tensor(t, name)
+            V.check_same_device(t, name, content, "the content")
+            if t.dim() != 2 or t.shape[1] != content.shape[1] or t.shape[0] not in (1, content.shape[0]):
+                raise ValueError(f"{name}: expected shape (1, {content.shape[1]}) or "
+                                 f"({content.shape[0]}, {content.shape[1]}), got {tuple(t.shape)}")
+        return reference.adain(content, style, eps)
+    V.check_tensor(style, "style", min_dim=3)
     V.check_same_device(style, "style", content, "the content")
     if style.dim() != content.dim() or style.shape[1] != content.shape[1]:
         raise ValueError(
@@ -423,8 +437,7 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
         )
     if style.shape[0] not in (1, content.shape[0]):
         raise ValueError(f"style: expected batch size 1 or {content.shape[0]}, got {style.shape[0]}")
-    for name, t in (("content", content), ("style", style)):
-        V.check_values_per_channel(t, math.prod(t.shape[2:]), "spatial element per channel", "")
+    V.check_values_per_channel(style, math.prod(style.shape[2:]), "spatial element per channel", "")
     return reference.adain(content, style, eps)
 
 

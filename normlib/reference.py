@@ -147,11 +147,16 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0) -> torch.Tens
 
 def adain(content, style, eps=1e-5) -> torch.Tensor:
     """``sigma(y) (x - mu(x)) / sigma(x) + mu(y)``, per-instance, per-channel statistics over the
-    positions, ``sigma = sqrt(var + eps)``. Derived in ``chapters/07_adain.ipynb``."""
+    positions, ``sigma = sqrt(var + eps)``; ``style`` is the feature map ``y`` or its statistics
+    ``(mu(y), sigma(y))``, each ``(N, C)``. Derived in ``chapters/07_adain.ipynb``."""
     dims = spatial_axes(content.dim())
     normalized, _, _ = standardize(content, dims, eps)
-    style_var, style_mean = torch.var_mean(style.to(normalized.dtype), dim=dims, keepdim=True, correction=0)
-    return (normalized * torch.sqrt(style_var + eps) + style_mean).to(content.dtype)
+    if isinstance(style, tuple):
+        style_mean, style_std = (s.to(normalized.dtype).reshape(*s.shape, *[1] * len(dims)) for s in style)
+    else:
+        style_var, style_mean = torch.var_mean(style.to(normalized.dtype), dim=dims, keepdim=True, correction=0)
+        style_std = torch.sqrt(style_var + eps)
+    return (normalized * style_std + style_mean).to(content.dtype)
 
 
 def l2_normalize(x, dim=-1, eps=1e-12) -> torch.Tensor:

@@ -148,6 +148,19 @@ def test_adain_imposes_style_statistics(dtype):
     torch.testing.assert_close(shared.mean(dim=(2, 3)), style[:1].double().mean(dim=(2, 3)).expand(3, 4), **tol)
 
 
+def test_adain_from_style_statistics_matches_adain_from_the_feature_map():
+    content, style = torch.randn(3, 4, 6, 5) * 3 + 2, torch.rand(3, 4, 8, 7) * 2 - 1
+    var, mean = torch.var_mean(style, dim=(2, 3), correction=0)
+    statistics = (mean, (var + 1e-5).sqrt())
+    torch.testing.assert_close(NF.adain(content, statistics), NF.adain(content, style), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(NF.adain(content, (mean[:1], statistics[1][:1])), NF.adain(content, style[:1]),
+                               atol=1e-6, rtol=1e-6)
+    # the statistics say where the output's channels go, whatever produced them
+    out = NF.adain(content, (torch.full((1, 4), 7.0), torch.full((1, 4), 0.5)))
+    torch.testing.assert_close(out.mean(dim=(2, 3)), torch.full((3, 4), 7.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(2, 3), correction=0), torch.full((3, 4), 0.5), atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------------- gradients
 def gradcheck(fn, *tensors):
     inputs = [t.double().requires_grad_() for t in tensors]
@@ -166,6 +179,7 @@ def test_gradcheck_every_function():
     gradcheck(lambda x, w, b: NF.instance_norm(x, weight=w, bias=b), x, w, b)
     gradcheck(lambda x: NF.local_response_norm(x, 3, alpha=0.5, beta=0.75, k=1.0), x)
     gradcheck(lambda c, s: NF.adain(c, s), x, torch.randn(3, 4, 2, 5))
+    gradcheck(lambda c, m, s: NF.adain(c, (m, s)), x, torch.randn(3, 4), torch.rand(3, 4) + 0.5)
     gradcheck(lambda x: NF.l2_normalize(x, dim=1), x)
 
 
@@ -233,6 +247,9 @@ BAD = [
     (lambda: NF.adain(x4, torch.randn(2, 3, 3, 3)), ValueError, "style: expected 4 dimensions and 4 channels"),
     (lambda: NF.adain(x4, torch.randn(3, 4, 3, 3)), ValueError, "style: expected batch size 1 or 2"),
     (lambda: NF.adain(x4, torch.randn(2, 4, 3, 3, device="meta")), ValueError, "style: expected a tensor on cpu"),
+    (lambda: NF.adain(x4, (torch.zeros(2, 4),)), ValueError, "style: expected a feature map or a (mean, std) pair"),
+    (lambda: NF.adain(x4, (torch.zeros(2, 3), torch.ones(2, 3))), ValueError, "style[0] (mean): expected shape (1, 4) or (2, 4)"),
+    (lambda: NF.adain(x4, (torch.zeros(2, 4), [1.0])), TypeError, "style[1] (std): expected a torch.Tensor"),
     (lambda: NF.local_response_norm(x4, 0), ValueError, "size: expected a positive integer"),
     (lambda: NF.l2_normalize(x4, dim=4), ValueError, "dim: expected an int in [-4, 3]"),
 ]

@@ -7,7 +7,7 @@ import torch
 
 from normlib import nn
 from normlib.book.models.style import (AdaINStylizer, Decoder, RandomEncoder, StylizationNetwork, VGG19Encoder,
-                                  channel_statistics, content_loss, optimize_image, style_loss)
+                                  channel_statistics, content_loss, encode_pool, optimize_image, style_loss)
 
 TORCHVISION_VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
 WIDTHS = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
@@ -114,6 +114,8 @@ def test_statistics_and_losses():
     shifted = [m * 3 + 1 for m in maps]
     assert style_loss(maps, shifted) > 1 and content_loss(maps, shifted[-1]) > 1
     assert style_loss(maps, [m[:1] for m in maps]) > 0   # one style image against a batch
+    # the targets' statistics, computed once, give the same loss
+    torch.testing.assert_close(style_loss(maps, [channel_statistics(m) for m in shifted]), style_loss(maps, shifted))
     with pytest.raises(ValueError, match="target: expected 2 feature maps"):
         style_loss(maps, maps[:1])
     with pytest.raises(ValueError, match="deepest features of shape"):
@@ -165,6 +167,24 @@ def test_only_the_decoder_learns_and_training_lowers_its_losses():
         totals.append(loss.item())
     assert all(p.grad is None for p in stylizer.encoder.parameters())
     assert totals[-1] < 0.5 * totals[0], (totals[0], totals[-1])
+
+
+def test_encode_pool_matches_encoding_each_batch_and_feature_losses_match_losses():
+    torch.manual_seed(0)
+    stylizer = AdaINStylizer(RandomEncoder(width=8))
+    content, style = torch.rand(5, 3, 32, 32), torch.rand(5, 3, 32, 32)
+    deepest, statistics = encode_pool(stylizer.encoder, style, chunk=2)
+    features = stylizer.encoder(style)
+    torch.testing.assert_close(deepest, features[-1], atol=1e-5, rtol=1e-5)
+    assert len(statistics) == len(features)
+    for (mean, std), f in zip(statistics, features):
+        torch.testing.assert_close(mean, channel_statistics(f)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(std, channel_statistics(f)[1], atol=1e-5, rtol=1e-5)
+    content_deepest, _ = encode_pool(stylizer.encoder, content)
+    for ours, direct in zip(stylizer.feature_losses(content_deepest, statistics), stylizer.losses(content, style)):
+        torch.testing.assert_close(ours, direct, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="chunk: expected a positive integer"):
+        encode_pool(stylizer.encoder, style, chunk=0)
 
 
 def test_optimization_based_transfer_lowers_the_style_loss():

@@ -29,7 +29,7 @@ from normlib import _validation as V
 from normlib.functional import adain
 
 __all__ = ["VGG19Encoder", "RandomEncoder", "Decoder", "AdaINStylizer", "StylizationNetwork", "optimize_image",
-           "channel_statistics", "style_loss", "content_loss"]
+           "channel_statistics", "style_loss", "content_loss", "encode_pool"]
 
 # torchvision's VGG-19 "features" up to relu4_1: out-channels of each conv, "M" a 2x2 max-pool.
 _VGG19_TO_RELU4_1 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512]
@@ -135,18 +135,36 @@ def channel_statistics(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch
     return mean, (var + eps).sqrt()
 
 
-def style_loss(features: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+def style_loss(features: list[torch.Tensor], target: list) -> torch.Tensor:
     """Sum over depths of the squared differences between the channel means and standard
     deviations of ``features`` and ``target`` (averaged over images and channels), the style loss
-    of Huang & Belongie (2017). ``target`` may hold one image, compared with every image.
-    Derived in ``chapters/07_adain.ipynb``."""
+    of Huang & Belongie (2017). ``target`` holds feature maps, or their
+    :func:`channel_statistics` ``(mean, std)`` pairs (e.g. from :func:`encode_pool`); it may
+    hold one image, compared with every image. Derived in ``chapters/07_adain.ipynb``."""
     if len(features) != len(target):
         raise ValueError(f"target: expected {len(features)} feature maps, got {len(target)}")
     loss = features[0].new_zeros(())
     for f, t in zip(features, target):
-        (mf, sf), (mt, st) = channel_statistics(f), channel_statistics(t)
+        (mf, sf), (mt, st) = channel_statistics(f), t if isinstance(t, tuple) else channel_statistics(t)
         loss = loss + (mf - mt).square().mean() + (sf - st).square().mean()
     return loss
+
+
+def encode_pool(encoder: "_Encoder", images: torch.Tensor, chunk: int = 64
+                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Encode a pool of training images once, ``chunk`` at a time and without gradient: their
+    deepest feature maps (content targets) and their :func:`channel_statistics` at every tap
+    (style targets). The encoder is fixed, so a training loop that draws from the pool need not
+    encode the same crop again at every step. Used in ``chapters/06_instance_norm.ipynb`` and
+    ``chapters/07_adain.ipynb``."""
+    V.check_positive_int(chunk, "chunk")
+    deepest, statistics = [], []
+    with torch.no_grad():
+        for part in images.split(chunk):
+            features = encoder(part)
+            deepest.append(features[-1])
+            statistics.append([channel_statistics(f) for f in features])
+    return torch.cat(deepest), [tuple(torch.cat(parts) for parts in zip(*tap)) for tap in zip(*statistics)]
 
 
 def content_loss(features: list[torch.Tensor], target: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -207,10 +225,15 @@ class AdaINStylizer(nn.Module):
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(content_loss, style_loss)`` of the decoded images (alpha = 1)."""
-        style_features = self.encoder(style)  # once: AdaIN needs the deepest map, the style loss all of them
-        t = self._mix(self.encoder(content)[-1], style_features[-1], 1.0)
+        return self.feature_losses(self.encoder(content)[-1],
+                                   [channel_statistics(f) for f in self.encoder(style)])
+
+    def feature_losses(self, content_features: torch.Tensor, style_statistics: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`losses` from encodings computed beforehand (:func:`encode_pool`): the content's
+        deepest feature maps and the style's channel statistics at every tap."""
+        t = adain(content_features, style_statistics[-1])
         decoded_features = self.encoder(self.decoder(t))
-        return content_loss(decoded_features, t), style_loss(decoded_features, style_features)
+        return content_loss(decoded_features, t), style_loss(decoded_features, style_statistics)
 
 
 class _ResidualBlock(nn.Module):
