@@ -41,11 +41,17 @@ class CharLSTM(nn.Module):
         self.cell = LSTMCell(hidden_size, hidden_size, layer_norm)
         self.head = nn.Linear(hidden_size, vocab_size)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def unroll(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden and cell states at every time step, each ``(N, T, hidden)``, from a
+        zero initial state."""
         x = self.embed(ids)
         h = c = x.new_zeros(ids.shape[0], self.cell.hidden_size)
-        outputs = []
+        hidden, cells = [], []
         for t in range(ids.shape[1]):
             h, c = self.cell(x[:, t], (h, c))
-            outputs.append(h)
-        return self.head(torch.stack(outputs, dim=1))
+            hidden.append(h)
+            cells.append(c)
+        return torch.stack(hidden, dim=1), torch.stack(cells, dim=1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.unroll(ids)[0])
