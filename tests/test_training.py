@@ -8,7 +8,7 @@ import torch
 import normlib.functional as NF
 from normlib import nn
 from normlib.book import backward, quadratic
-from normlib.book.models import MLP, SmallCNN
+from normlib.book.models import MLP, ShiftingNoise, SmallCNN
 from normlib.book.train import accuracy, fit, minibatches, seed_everything
 
 
@@ -137,6 +137,30 @@ def test_batch_norm_module_extensions():
         nn.BatchNorm1d(3, ghost_batch_size=0)
 
 
+def test_shifting_noise_moves_each_feature_at_every_step_in_training_only():
+    noise = ShiftingNoise(max_shift=1.0, scale_range=(0.5, 2.0))
+    x = torch.randn(64, 5, 3)
+    torch.manual_seed(0)
+    y = noise(x)
+    torch.manual_seed(0)  # the same draws: scale, then shift, per feature
+    scale = torch.empty(1, 5, 1).uniform_(0.5, 2.0)
+    shift = torch.empty(1, 5, 1).uniform_(-1.0, 1.0)
+    torch.testing.assert_close(y, scale * x + shift)
+    assert ((scale >= 0.5) & (scale <= 2.0)).all() and (shift.abs() <= 1.0).all()
+    assert not torch.equal(noise(x), noise(x))  # drawn anew at every forward pass
+    assert torch.equal(noise.eval()(x), x)
+    # gradients flow through the affine map
+    x64 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    noise.train()(x64).sum().backward()
+    assert ((x64.grad >= 0.5) & (x64.grad <= 2.0)).all()
+    for kwargs, match in [({"max_shift": -1.0}, "max_shift"), ({"scale_range": (0.0, 1.0)}, r"scale_range\[0\]"),
+                          ({"scale_range": (2.0, 1.0)}, r"scale_range\[1\]"), ({"scale_range": 1.0}, "scale_range")]:
+        with pytest.raises(ValueError, match=match):
+            ShiftingNoise(**kwargs)
+    with pytest.raises(ValueError, match="input: expected at least 2 dimensions"):
+        noise(torch.randn(3))
+
+
 def test_gradient_descent_threshold_is_two_over_lambda_max():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3)) * np.array([1.0, 5.0, 0.2]) + np.array([0.0, 3.0, 0.0])
@@ -252,6 +276,13 @@ def test_language_models_shapes_and_training_step():
         logits = model(inputs)
         assert logits.shape == (10, 10, 7)
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+    # the LSTM's unrolled states: step by step from a zero state, the last hidden state read out
+    lstm = CharLSTM(7, 16)
+    hidden, cells = lstm.unroll(inputs[:3])
+    assert hidden.shape == cells.shape == (3, 10, 16)
+    h0, c0 = lstm.cell(lstm.embed(inputs[:3, 0]), (torch.zeros(3, 16), torch.zeros(3, 16)))
+    torch.testing.assert_close((hidden[:, 0], cells[:, 0]), (h0, c0))
+    torch.testing.assert_close(lstm(inputs[:3]), lstm.head(hidden))
     # causal: the logits at position t do not depend on later tokens
     gpt = GPT(7, 10, width=16, depth=1, heads=2).eval()
     changed = inputs.clone()

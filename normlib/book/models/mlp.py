@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from normlib import _validation as V
+
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
 
@@ -50,3 +52,36 @@ class MLP(nn.Module):
             h = self.activation(z)
         logits = self.head(h)
         return (logits, preactivations) if return_preactivations else logits
+
+
+class ShiftingNoise(nn.Module):
+    """The perturbation of Santurkar et al.'s "noisy BatchNorm", placed after a norm: in
+    training, every forward pass rescales and shifts each feature (dimension 1),
+    ``y = scale * x + shift``, with ``scale ~ U(scale_range)`` and ``shift ~ U(-max_shift,
+    max_shift)`` drawn anew per feature, from torch's global generator. The distribution
+    the next layer receives then moves at every step by construction, whatever the norm
+    before it does. Santurkar et al. also drew the noise per example; this moves the whole
+    distribution, the quantity internal covariate shift is about. Identity in eval mode."""
+
+    def __init__(self, max_shift: float = 1.0, scale_range: tuple[float, float] = (0.5, 2.0)):
+        super().__init__()
+        V.check_number(max_shift, "max_shift", 0)
+        if not isinstance(scale_range, (tuple, list)) or len(scale_range) != 2:
+            raise ValueError(f"scale_range: expected (low, high), got {scale_range!r}")
+        low, high = scale_range
+        V.check_number(low, "scale_range[0]", 0, open_low=True)
+        V.check_number(high, "scale_range[1]", low)
+        self.max_shift, self.scale_range = float(max_shift), (float(low), float(high))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        V.check_tensor(x, "input", min_dim=2)
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        low, high = self.scale_range
+        scale = torch.empty(shape, dtype=x.dtype, device=x.device).uniform_(low, high)
+        shift = torch.empty(shape, dtype=x.dtype, device=x.device).uniform_(-self.max_shift, self.max_shift)
+        return scale * x + shift
+
+    def extra_repr(self) -> str:
+        return f"max_shift={self.max_shift}, scale_range={self.scale_range}"
