@@ -61,7 +61,8 @@ class ShiftingNoise(nn.Module):
     max_shift)`` drawn anew per feature, from torch's global generator. The distribution
     the next layer receives then moves at every step by construction, whatever the norm
     before it does. Santurkar et al. also drew the noise per example; this moves the whole
-    distribution, the quantity internal covariate shift is about. Identity in eval mode."""
+    distribution, the quantity internal covariate shift is about. Identity in eval mode.
+    Used in ``chapters/02_batch_norm.ipynb``."""
 
     def __init__(self, max_shift: float = 1.0, scale_range: tuple[float, float] = (0.5, 2.0)):
         super().__init__()
