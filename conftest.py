@@ -1,12 +1,15 @@
 """The wall time of each part of a test run, reported at its end: unit tests, the chapters under
 nbval, the chapters under papermill with another seed, the website build, and the browser check
-(``make test`` runs the unit tests first, under pytest-xdist, then the rest)."""
+(``make test`` runs the unit tests first, under pytest-xdist, then the rest); and each chapter's
+time under each, against the per-chapter budget."""
 
 import time
 from collections import defaultdict
 
 _PARTS = defaultdict(lambda: {"tests": 0, "seconds": 0.0, "start": float("inf"), "stop": 0.0})
+_CHAPTERS = defaultdict(lambda: {"nbval": 0.0, "papermill": 0.0})
 _BEGIN = time.time()
+CHAPTER_BUDGET_S = 120  # each chapter at SCALE = "ci" on the 2-core machine
 
 
 def _part(nodeid: str) -> str:
@@ -28,6 +31,10 @@ def pytest_runtest_logreport(report):
     part["stop"] = max(part["stop"], getattr(report, "stop", time.time()))
     if report.when == "call":
         part["tests"] += 1
+    if report.nodeid.startswith("chapters/"):  # nbval: one test per cell
+        _CHAPTERS[report.nodeid.split("::")[0].split("/")[-1].removesuffix(".ipynb")]["nbval"] += report.duration
+    elif "test_chapter_runs_with_another_seed[" in report.nodeid:
+        _CHAPTERS[report.nodeid.split("[")[-1].rstrip("]")]["papermill"] += report.duration
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -42,3 +49,11 @@ def pytest_terminal_summary(terminalreporter):
     write(f"{'whole run (wall)':32} {'':6} {'':9} {time.time() - _BEGIN:9.0f}")
     write("busy: the sum of the tests' own times; span: from the first start to the last end (parts overlap "
           "when they run in parallel; the website build is timed in the setup of its first test)")
+    if _CHAPTERS:
+        terminalreporter.section("time per chapter (s, one torch thread per worker)")
+        write(f"{'chapter':32} {'nbval':>9} {'papermill':>9}")
+        for name in sorted(_CHAPTERS):
+            c = _CHAPTERS[name]
+            over = " over budget" if max(c.values()) > CHAPTER_BUDGET_S else ""
+            write(f"{name:32} {c['nbval']:9.0f} {c['papermill']:9.0f}{over}")
+        write(f"budget: {CHAPTER_BUDGET_S} s per chapter at SCALE = \"ci\" (two workers share the two cores)")
