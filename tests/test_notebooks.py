@@ -65,4 +65,8 @@ def test_parameters_cell(notebook):
     assert len(cells) == 1, f"{notebook.name}: one cell tagged 'parameters' expected, found {len(cells)}"
     names = {t.id for node in ast.parse("".join(cells[0]["source"])).body if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name)}
-    assert {"SCALE", "SEED"} <= names, f"{notebook.name}: the parameters cell defines {sorted(names)}"
+    assert {"SCALE", "SEED", "SEEDS"} <= names, f"{notebook.name}: the parameters cell defines {sorted(names)}"
+    seeds = next(node.value for node in ast.parse("".join(cells[0]["source"])).body
+                 if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SEEDS" for t in node.targets))
+    # one seed by default: the spread over more seeds is measured with `make spread` and stated
+    assert isinstance(seeds, ast.Constant) and seeds.value == 1, f"{notebook.name}: SEEDS should default to 1"

@@ -2,10 +2,9 @@
 
 A chapter takes ``SEED`` (the first seed) and ``SEEDS`` (how many consecutive seeds its
 experiment runs; one at ``SCALE = "ci"``). A claim's threshold comes from the spread measured
-with ``SEEDS >= 5`` (``make spread CHAPTER=... SEEDS=5``), which the chapter states. Used in
-``chapters/03_layer_norm.ipynb``, ``chapters/04_rms_norm.ipynb``,
-``chapters/05_group_norm.ipynb``, ``chapters/07_adain.ipynb`` and
-``chapters/08_spectral_norm.ipynb``.
+with ``SEEDS >= 5`` (``make spread CHAPTER=... SEEDS=5``), which the chapter states. Every
+chapter from ``chapters/01_feature_scaling.ipynb`` to ``chapters/10_kernels.ipynb`` takes both
+(``tests/test_notebooks.py`` checks it).
 """
 
 from __future__ import annotations
