@@ -130,6 +130,16 @@ def test_decoder_mirrors_the_encoder_back_to_image_size():
     assert tuple(decoder(deepest).shape) == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="channels: expected at least two positive ints"):
         Decoder([8])
+    # the ablation's norms: one after every convolution but the last; none by default, with the
+    # paper's layout (and state_dict keys) unchanged
+    normed = Decoder(encoder.channels, norm=nn.InstanceNorm2d)
+    convs = [m for m in decoder.layers if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in normed.layers if isinstance(m, nn.InstanceNorm2d)]
+    assert len(norms) == len(convs) - 1 and not isinstance(normed.layers[-1], nn.InstanceNorm2d)
+    assert [i for i, m in enumerate(decoder.layers) if isinstance(m, torch.nn.Conv2d)][:2] == [1, 5]
+    assert tuple(normed(deepest).shape) == (2, 3, 32, 32)
+    with pytest.raises(TypeError, match="norm: expected a callable"):
+        Decoder(encoder.channels, norm="batch")
 
 
 def test_adain_target_carries_the_style_statistics_and_alpha_interpolates():

@@ -21,6 +21,7 @@ Derived in ``chapters/06_instance_norm.ipynb`` and ``chapters/07_adain.ipynb``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -181,19 +182,28 @@ class Decoder(nn.Module):
     Huang & Belongie (2017): per stage, deep to shallow, 3x3 convolutions with ReLU and a 2x
     nearest-neighbour upsampling, reflection padding, and a last convolution to 3 channels
     without nonlinearity. ``channels`` are the encoder's channels at its taps (``encoder.channels``).
-    Derived in ``chapters/07_adain.ipynb``."""
+    The paper's decoder has no normalization; ``norm(channels)`` (e.g. ``normlib.nn.BatchNorm2d``)
+    puts one after every convolution but the last, for its ablation (without it the module
+    layout, and so the ``state_dict`` keys, are the paper's). Derived in
+    ``chapters/07_adain.ipynb``."""
 
-    def __init__(self, channels: list[int]):
+    def __init__(self, channels: list[int], norm: Callable[[int], nn.Module] | None = None):
         super().__init__()
         if len(channels) < 2 or any(not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f"channels: expected at least two positive ints (shallow to deep), got {channels}")
-        conv = lambda a, b: [nn.ReflectionPad2d(1), nn.Conv2d(a, b, 3)]
+        if norm is not None and not callable(norm):
+            raise TypeError(f"norm: expected a callable that builds a layer from a channel count, got {norm!r}")
+
+        def conv(a, b, normalized=True):
+            layers = [nn.ReflectionPad2d(1), nn.Conv2d(a, b, 3)]
+            return layers + [norm(b)] if norm is not None and normalized else layers
+
         layers = []
         deep_to_shallow = channels[::-1]
         for wide, narrow in zip(deep_to_shallow[:-1], deep_to_shallow[1:]):
             layers += [*conv(wide, narrow), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
                        *conv(narrow, narrow), nn.ReLU()]
-        layers += conv(channels[0], 3)
+        layers += conv(channels[0], 3, normalized=False)
         self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
