@@ -56,13 +56,54 @@ def test_discriminators_apply_their_constraint():
     assert gan.mlp_generator(4, 16, 2)(torch.randn(5, 4)).shape == (5, 2)
 
 
-def _train(constraint, setting, steps, clip=None, loss="standard"):
+def test_gradient_penalty_measures_the_input_gradient_on_the_segments():
+    # a linear critic has gradient w everywhere: the penalty is (||w|| - 1)^2
+    critic = torch.nn.Linear(2, 1, bias=False, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(64, 2, generator=g, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[0.6, 0.8]], dtype=torch.float64))
+    assert gan.gradient_penalty(critic, real, fake, g).item() == pytest.approx(0.0, abs=1e-24)
+    with torch.no_grad():
+        critic.weight.mul_(3)
+    assert gan.gradient_penalty(critic, real, fake, g).item() == pytest.approx(4.0, rel=1e-12)
+    # D(x) = ||x||^2 / 2 has gradient x: with real == fake every point is the example itself
+    energy = lambda x: 0.5 * x.pow(2).sum(dim=1, keepdim=True)
+    expected = (real.norm(dim=1) - 1).pow(2).mean()
+    assert gan.gradient_penalty(energy, real, real.clone(), g).item() == pytest.approx(expected.item(), rel=1e-12)
+    # and between two different points it is evaluated on the segment, never outside it
+    ends = torch.tensor([[2.0, 0.0]], dtype=torch.float64), torch.tensor([[4.0, 0.0]], dtype=torch.float64)
+    values = [gan.gradient_penalty(energy, *ends, g).item() for _ in range(200)]
+    assert 1.0 <= min(values) and max(values) <= 9.0 and max(values) - min(values) > 4
+
+
+def test_gradient_penalty_is_differentiable_in_the_critic_weights():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+    w1 = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(1, 8, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def penalty(w1, w2):
+        critic = lambda x: torch.tanh(x @ w1.T) @ w2.T
+        return gan.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(1))
+
+    assert torch.autograd.gradcheck(penalty, (w1, w2))
+
+
+def test_wgan_gp_objective_trains_through_fit():
+    setting = gan.TABLE_1_SETTINGS["D"]
+    model, objective, history = _train("gradient_penalty", setting, steps=5, loss="wasserstein", penalty=10.0)
+    assert math.isfinite(objective.discriminator_loss) and not history.diverged
+    assert not any(hasattr(layer, "parametrizations") for layer in model.discriminator)
+
+
+def _train(constraint, setting, steps, clip=None, loss="standard", penalty=None):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     data = gan.ring_of_gaussians(4096, g)
     model = gan.GAN(gan.mlp_generator(4, 32, 2), gan.mlp_discriminator(2, 32, constraint), latent=4)
     objective = gan.AlternatingObjective(setting.adam(model.discriminator.parameters()), setting.n_dis, g,
-                                         loss=loss, clip=clip)
+                                         loss=loss, clip=clip, penalty=penalty)
     history = fit(model, (data,), loss_fn=objective, optimizer=setting.adam(model.generator.parameters()),
                   steps=steps, batch_size=setting.n_dis * 64, generator=g, progress=False)
     return model, objective, history
@@ -107,6 +148,8 @@ def test_a_short_run_on_the_ring_learns_its_scale():
     (lambda: gan.AlternatingObjective(None, 0, torch.Generator()), ValueError, "n_dis: expected a positive int"),
     (lambda: gan.AlternatingObjective(None, 1, torch.Generator(), loss="hinge"), ValueError, "loss: expected 'standard' or 'wasserstein'"),
     (lambda: gan.AlternatingObjective(None, 1, torch.Generator(), clip=-1.0), ValueError, "clip: expected None or a positive number"),
+    (lambda: gan.AlternatingObjective(None, 1, torch.Generator(), penalty=0.0), ValueError, "penalty: expected None or a positive number, got 0.0"),
+    (lambda: gan.gradient_penalty(None, torch.zeros(3, 2), torch.zeros(2, 2)), ValueError, "fake: expected the shape of real (3, 2), got (2, 2)"),
 ])
 def test_bad_arguments_are_named(call, error, message):
     with pytest.raises(error, match=re.escape(message)):

@@ -22,7 +22,8 @@ from normlib import _validation as V
 from normlib.spectral import spectral_norm, weight_norm
 
 __all__ = ["OptimizerSetting", "TABLE_1_SETTINGS", "CONSTRAINTS", "ring_centers", "ring_of_gaussians",
-           "mlp_generator", "mlp_discriminator", "GAN", "AlternatingObjective", "nearest_mode", "modes_covered",
+           "mlp_generator", "mlp_discriminator", "GAN", "gradient_penalty", "AlternatingObjective", "nearest_mode",
+           "modes_covered",
            "sliced_wasserstein", "layer_singular_values"]
 
 
@@ -50,9 +51,10 @@ TABLE_1_SETTINGS = {
     "F": OptimizerSetting(1e-3, 0.9, 0.999, 5),
 }
 
-# How a discriminator's weights are constrained. "clip" is WGAN's weight clipping (Arjovsky et
-# al. 2017), which comes with WGAN's loss; the others use the standard non-saturating loss.
-CONSTRAINTS = ("none", "clip", "weight_norm", "spectral_norm")
+# How a discriminator is constrained. "clip" is WGAN's weight clipping (Arjovsky et al. 2017) and
+# "gradient_penalty" WGAN-GP's penalty on the input gradient (Gulrajani et al. 2017); both come
+# with WGAN's loss, as in Miyato et al.'s comparison. The others use the non-saturating loss.
+CONSTRAINTS = ("none", "clip", "gradient_penalty", "weight_norm", "spectral_norm")
 
 
 def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
@@ -93,9 +95,9 @@ def mlp_generator(latent: int, hidden: int, out_features: int, depth: int = 3) -
 
 def mlp_discriminator(in_features: int, hidden: int, constraint: str = "none", depth: int = 3) -> nn.Sequential:
     """``depth`` linear layers to one logit, each re-parametrized by ``constraint``:
-    ``"spectral_norm"`` or ``"weight_norm"`` (from :mod:`normlib.spectral`); ``"none"`` and
-    ``"clip"`` leave the layers plain (clipping happens after each update, in
-    :class:`AlternatingObjective`). Used in ``chapters/08_spectral_norm.ipynb``."""
+    ``"spectral_norm"`` or ``"weight_norm"`` (from :mod:`normlib.spectral`); ``"none"``,
+    ``"clip"`` and ``"gradient_penalty"`` leave the layers plain (clipping and the penalty act
+    in :class:`AlternatingObjective`). Used in ``chapters/08_spectral_norm.ipynb``."""
     if constraint not in CONSTRAINTS:
         raise ValueError(f"constraint: expected one of {CONSTRAINTS}, got {constraint!r}")
     for value, name in ((in_features, "in_features"), (hidden, "hidden"), (depth, "depth")):
@@ -121,6 +123,22 @@ class GAN(nn.Module):
         return self.generator(torch.randn(n, self.latent, generator=rng).to(device))
 
 
+def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     rng: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP's penalty (Gulrajani et al. 2017): the mean of ``(||grad_x D(x)|| - 1)^2`` at
+    points ``x = e real + (1 - e) fake`` drawn uniformly on the segments between paired real and
+    generated examples (``e ~ U(0, 1)`` per pair). Differentiable with respect to the
+    discriminator's parameters (it needs a second-order backward).
+    Used in ``chapters/08_spectral_norm.ipynb``."""
+    V.check_tensor(real, "real", min_dim=2)
+    if fake.shape != real.shape:
+        raise ValueError(f"fake: expected the shape of real {tuple(real.shape)}, got {tuple(fake.shape)}")
+    e = torch.rand(len(real), *[1] * (real.dim() - 1), generator=rng).to(real)
+    points = (e * real + (1 - e) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(points).sum(), points, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
 class AlternatingObjective:
     """The ``loss_fn`` that :func:`normlib.book.train.fit` needs to train a :class:`GAN`.
 
@@ -133,20 +151,23 @@ class AlternatingObjective:
     ``loss`` is ``"standard"`` (the non-saturating loss of Goodfellow et al.: the discriminator
     minimizes ``softplus(-D(x)) + softplus(D(G(z)))``, the generator ``softplus(-D(G(z)))``) or
     ``"wasserstein"`` (WGAN: ``D(G(z)) - D(x)`` and ``-D(G(z))``). ``clip`` clamps every
-    discriminator parameter to ``[-clip, clip]`` after each update (WGAN's weight clipping).
-    ``discriminator_loss`` holds the last discriminator loss.
+    discriminator parameter to ``[-clip, clip]`` after each update (WGAN's weight clipping);
+    ``penalty`` adds ``penalty`` times :func:`gradient_penalty` to the discriminator's loss
+    (WGAN-GP, whose authors use 10). ``discriminator_loss`` holds the last discriminator loss.
     Used in ``chapters/08_spectral_norm.ipynb``.
     """
 
     def __init__(self, discriminator_optimizer: torch.optim.Optimizer, n_dis: int, rng: torch.Generator,
-                 loss: str = "standard", clip: float | None = None):
+                 loss: str = "standard", clip: float | None = None, penalty: float | None = None):
         V.check_positive_int(n_dis, "n_dis")
         if loss not in ("standard", "wasserstein"):
             raise ValueError(f"loss: expected 'standard' or 'wasserstein', got {loss!r}")
         if clip is not None and not clip > 0:
             raise ValueError(f"clip: expected None or a positive number, got {clip!r}")
-        self.optimizer, self.n_dis, self.rng, self.loss, self.clip = (
-            discriminator_optimizer, n_dis, rng, loss, clip)
+        if penalty is not None and not penalty > 0:
+            raise ValueError(f"penalty: expected None or a positive number, got {penalty!r}")
+        self.optimizer, self.n_dis, self.rng, self.loss, self.clip, self.penalty = (
+            discriminator_optimizer, n_dis, rng, loss, clip, penalty)
         self.discriminator_loss = float("nan")
 
     def _discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -166,6 +187,8 @@ class AlternatingObjective:
                 fake = gan.sample(len(real_slice), self.rng)
             logits = gan.discriminator(torch.cat([real_slice, fake]))
             loss = self._discriminator_loss(*logits.split(len(real_slice)))
+            if self.penalty is not None:
+                loss = loss + self.penalty * gradient_penalty(gan.discriminator, real_slice, fake, self.rng)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
