@@ -32,6 +32,7 @@ __all__ = [
     "batch_norm",
     "ghost_batch_norm",
     "mixed_batch_norm",
+    "batch_group_norm",
     "layer_norm",
     "rms_norm",
     "partial_rms_norm",
@@ -221,6 +222,38 @@ def mixed_batch_norm(
     # the mixed statistics depend on the batch, so gradients flow through them: the reference path
     return reference.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
 
+
+
+def batch_group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Batch normalization combined with group normalization (Summers & Dinneen 2020): each
+    statistic pools the batch, the positions and a group of ``C / num_groups`` channels, so
+    that a batch of a few examples still gives ``N * C / num_groups * positions`` values per
+    statistic. ``num_groups = C`` is :func:`batch_norm`; a batch of one example in training
+    mode is :func:`group_norm`. The running statistics have one entry per group, shape
+    ``(num_groups,)``, updated and used as :func:`batch_norm` uses its per-channel ones;
+    ``weight`` and ``bias`` are per channel.
+
+    Derived in ``chapters/02_batch_norm.ipynb``.
+    """
+    _check_group_norm(input, num_groups, weight, bias)
+    n, channels = input.shape[:2]
+    per_group = channels // num_groups * math.prod(input.shape[2:])
+    # a group of channels is one "channel" of batch_norm: the same statistics, running
+    # averages and numerics, then the per-channel affine map on the original layout
+    y = batch_norm(input.reshape(n, num_groups, per_group), running_mean, running_var, None, None, training,
+                   momentum, eps).reshape(input.shape)
+    view = lambda p: V.per_channel(p, input.dim())  # noqa: E731
+    return reference._affine(y, weight, bias, view)
 
 
 def _trailing_arguments(input, normalized_shape, weight=None, bias=None) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "SyncBatchNorm",
+    "BatchGroupNorm",
     "LayerNorm",
     "RMSNorm",
     "GroupNorm",
@@ -288,16 +289,20 @@ class RMSNorm(nn.Module):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}{partial}"
 
 
+def _check_groups(num_groups, num_channels) -> None:
+    V.check_positive_int(num_groups, "num_groups")
+    V.check_positive_int(num_channels, "num_channels")
+    if num_channels % num_groups != 0:
+        raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, got {num_groups}")
+
+
 class GroupNorm(nn.Module):
     """Group normalization (Wu & He 2018); same API as :class:`torch.nn.GroupNorm`.
     Derived in ``chapters/05_group_norm.ipynb``."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
         super().__init__()
-        V.check_positive_int(num_groups, "num_groups")
-        V.check_positive_int(num_channels, "num_channels")
-        if num_channels % num_groups != 0:
-            raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, got {num_groups}")
+        _check_groups(num_groups, num_channels)
         V.check_eps(eps)
         self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
         factory = {"device": device, "dtype": dtype}
@@ -311,6 +316,41 @@ class GroupNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}"
+
+
+class BatchGroupNorm(nn.Module):
+    """Batch normalization combined with group normalization (Summers & Dinneen 2020), see
+    :func:`normlib.functional.batch_group_norm`: in training mode, statistics over the batch,
+    the positions and groups of ``num_channels / num_groups`` channels; running statistics per
+    group (buffers of shape ``(num_groups,)``) for evaluation mode. ``num_groups =
+    num_channels`` is :class:`BatchNorm2d` (or 1d), state dict included.
+    Derived in ``chapters/02_batch_norm.ipynb``."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, momentum=0.1, affine=True, device=None, dtype=None):
+        super().__init__()
+        _check_groups(num_groups, num_channels)
+        V.check_eps(eps)
+        V.check_momentum(momentum)
+        self.num_groups, self.num_channels, self.eps, self.momentum, self.affine = (
+            num_groups, num_channels, eps, momentum, affine)
+        factory = {"device": device, "dtype": dtype}
+        self.register_parameter("weight", nn.Parameter(torch.ones(num_channels, **factory)) if affine else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(num_channels, **factory)) if affine else None)
+        self.register_buffer("running_mean", torch.zeros(num_groups, **factory))
+        self.register_buffer("running_var", torch.ones(num_groups, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        V.check_tensor(input, "input", min_dim=2)
+        V.check_channels(input, self.num_channels)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return NF.batch_group_norm(input, self.num_groups, self.running_mean, self.running_var, self.weight,
+                                   self.bias, self.training, self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}")
 
 
 class AdaIN(nn.Module):

@@ -126,6 +126,57 @@ def test_mixed_batch_norm_interpolates_between_population_and_batch():
                              torch.randn(5, 4, dtype=torch.float64, requires_grad=True))
 
 
+def test_batch_group_norm_pools_groups_of_channels_over_the_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 3, 2, generator=g) * 3 + 2
+    w, b = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    # its statistics, written out: per group of 2 channels, over examples, channels and positions
+    groups = x.reshape(4, 3, 2, 3, 2)
+    var, mean = torch.var_mean(groups, dim=(0, 2, 3, 4), keepdim=True, correction=0)
+    expected = ((groups - mean) / torch.sqrt(var + 1e-5)).reshape(x.shape) * w.view(6, 1, 1) + b.view(6, 1, 1)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    torch.testing.assert_close(NF.batch_group_norm(x, 3, rm, rv, w, b, training=True, momentum=1.0), expected)
+    torch.testing.assert_close(rm, mean.flatten())
+    torch.testing.assert_close(rv, groups.var(dim=(0, 2, 3, 4)))  # unbiased, as batch_norm stores it
+    # one group per channel is batch norm, running statistics included; one example is group norm
+    rm_bn, rv_bn, rm_bgn, rv_bgn = torch.zeros(6), torch.ones(6), torch.zeros(6), torch.ones(6)
+    torch.testing.assert_close(NF.batch_group_norm(x, 6, rm_bgn, rv_bgn, w, b, training=True),
+                               NF.batch_norm(x, rm_bn, rv_bn, w, b, training=True))
+    torch.testing.assert_close((rm_bgn, rv_bgn), (rm_bn, rv_bn))
+    torch.testing.assert_close(NF.batch_group_norm(x[:1], 3, None, None, w, b, training=True),
+                               NF.group_norm(x[:1], 3, w, b))
+    # evaluation mode: the running statistics of each group, broadcast to its channels
+    out = NF.batch_group_norm(x, 3, rm, rv, training=False)
+    torch.testing.assert_close(out, (x - rm.repeat_interleave(2).view(6, 1, 1))
+                               / torch.sqrt(rv.repeat_interleave(2).view(6, 1, 1) + 1e-5))
+    assert NF.batch_group_norm(torch.zeros(0, 6, 2), 3, None, None, training=True).shape == (0, 6, 2)
+    half = NF.batch_group_norm(x.bfloat16(), 3, None, None, w, b, training=True)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), expected, atol=0.1, rtol=0.02)  # bf16 output rounding
+    x64 = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w64, b64 = (torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda t, w, b: NF.batch_group_norm(t, 2, None, None, w, b, training=True),
+                                    (x64, w64, b64))
+    with pytest.raises(ValueError, match="num_groups: expected a divisor of the number of channels 6, got 4"):
+        NF.batch_group_norm(x, 4, None, None, training=True)
+
+
+def test_batch_group_norm_module_is_batch_norm_with_one_group_per_channel():
+    x = torch.randn(5, 4, 3)
+    ours, bn = nn.BatchGroupNorm(4, 4), torch.nn.BatchNorm1d(4)
+    torch.testing.assert_close(ours(x), bn(x))
+    assert ours.state_dict().keys() == bn.state_dict().keys()
+    torch.testing.assert_close(ours.running_var, bn.running_var)
+    ours.eval(), bn.eval()
+    torch.testing.assert_close(ours(x), bn(x))
+    grouped = nn.BatchGroupNorm(2, 4)
+    assert grouped.running_mean.shape == (2,) and grouped.weight.shape == (4,)
+    with pytest.raises(ValueError, match="num_groups: expected a divisor of num_channels=4, got 3"):
+        nn.BatchGroupNorm(3, 4)
+    with pytest.raises(ValueError, match="input: expected 4 channels"):
+        grouped(torch.randn(2, 3))
+
+
 def test_batch_norm_module_extensions():
     bn = nn.BatchNorm1d(3, ghost_batch_size=2)
     x = torch.randn(6, 3)
