@@ -235,7 +235,8 @@ def batch_group_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """Batch normalization combined with group normalization (Summers & Dinneen 2020): each
+    """Batch normalization combined with group normalization, our reading of Summers &
+    Dinneen (2020, whose abstract proposes combining the two for very small batches): each
     statistic pools the batch, the positions and a group of ``C / num_groups`` channels, so
     that a batch of a few examples still gives ``N * C / num_groups * positions`` values per
     statistic. ``num_groups = C`` is :func:`batch_norm`; a batch of one example in training
@@ -243,7 +244,7 @@ def batch_group_norm(
     ``(num_groups,)``, updated and used as :func:`batch_norm` uses its per-channel ones;
     ``weight`` and ``bias`` are per channel.
 
-    Derived in ``chapters/02_batch_norm.ipynb``.
+    Used in ``chapters/02_batch_norm.ipynb``.
     """
     _check_group_norm(input, num_groups, weight, bias)
     n, channels = input.shape[:2]

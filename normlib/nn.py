@@ -319,12 +319,14 @@ class GroupNorm(nn.Module):
 
 
 class BatchGroupNorm(nn.Module):
-    """Batch normalization combined with group normalization (Summers & Dinneen 2020), see
-    :func:`normlib.functional.batch_group_norm`: in training mode, statistics over the batch,
-    the positions and groups of ``num_channels / num_groups`` channels; running statistics per
-    group (buffers of shape ``(num_groups,)``) for evaluation mode. ``num_groups =
-    num_channels`` is :class:`BatchNorm2d` (or 1d), state dict included.
-    Derived in ``chapters/02_batch_norm.ipynb``."""
+    """Batch normalization combined with group normalization (our reading of Summers &
+    Dinneen 2020), see :func:`normlib.functional.batch_group_norm`: in training mode,
+    statistics over the batch, the positions and groups of ``num_channels / num_groups``
+    channels; running statistics per group (buffers of shape ``(num_groups,)``) for evaluation
+    mode. With ``num_groups = num_channels`` it is :class:`BatchNorm2d` (or 1d) with the same
+    ``eps`` and float ``momentum``, state dict included; it has no cumulative average
+    (``momentum=None``) and always tracks running statistics.
+    Used in ``chapters/02_batch_norm.ipynb``."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, momentum=0.1, affine=True, device=None, dtype=None):
         super().__init__()
