@@ -97,6 +97,17 @@ def test_wgan_gp_objective_trains_through_fit():
     assert not any(hasattr(layer, "parametrizations") for layer in model.discriminator)
 
 
+def test_objective_for_pairs_each_constraint_with_its_loss():
+    make = lambda c: gan.objective_for(c, None, 5, torch.Generator())
+    assert (make("clip").loss, make("clip").clip, make("clip").penalty) == ("wasserstein", 0.01, None)
+    gp = make("gradient_penalty")
+    assert (gp.loss, gp.clip, gp.penalty, gp.n_dis) == ("wasserstein", None, 10.0, 5)
+    for constraint in ("none", "weight_norm", "spectral_norm"):
+        assert (make(constraint).loss, make(constraint).clip, make(constraint).penalty) == ("standard", None, None)
+    with pytest.raises(ValueError, match=re.escape("constraint: expected one of")):
+        make("batch_norm")
+
+
 def _train(constraint, setting, steps, clip=None, loss="standard", penalty=None):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

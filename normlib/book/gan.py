@@ -22,8 +22,8 @@ from normlib import _validation as V
 from normlib.spectral import spectral_norm, weight_norm
 
 __all__ = ["OptimizerSetting", "TABLE_1_SETTINGS", "CONSTRAINTS", "ring_centers", "ring_of_gaussians",
-           "mlp_generator", "mlp_discriminator", "GAN", "gradient_penalty", "AlternatingObjective", "nearest_mode",
-           "modes_covered",
+           "mlp_generator", "mlp_discriminator", "GAN", "gradient_penalty", "AlternatingObjective", "objective_for",
+           "nearest_mode", "modes_covered",
            "sliced_wasserstein", "layer_singular_values"]
 
 
@@ -198,6 +198,20 @@ class AlternatingObjective:
                         p.clamp_(-self.clip, self.clip)
         self.discriminator_loss = loss.item()
         return self._generator_loss(gan.discriminator(gan.sample(len(real) // self.n_dis, self.rng)))
+
+
+def objective_for(constraint: str, discriminator_optimizer: torch.optim.Optimizer, n_dis: int,
+                  rng: torch.Generator) -> AlternatingObjective:
+    """The :class:`AlternatingObjective` a discriminator with ``constraint`` is trained with in
+    Miyato et al.'s comparison: WGAN's loss with clip value 0.01 for ``"clip"`` (Arjovsky et al.)
+    and with penalty weight 10 for ``"gradient_penalty"`` (Gulrajani et al.), the non-saturating
+    loss for the others. Used in ``chapters/08_spectral_norm.ipynb``."""
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint: expected one of {CONSTRAINTS}, got {constraint!r}")
+    wasserstein = constraint in ("clip", "gradient_penalty")
+    return AlternatingObjective(discriminator_optimizer, n_dis, rng, loss="wasserstein" if wasserstein else "standard",
+                                clip=0.01 if constraint == "clip" else None,
+                                penalty=10.0 if constraint == "gradient_penalty" else None)
 
 
 def nearest_mode(samples: torch.Tensor, centers: torch.Tensor, max_distance: float) -> torch.Tensor:
