@@ -209,3 +209,54 @@ def test_weight_decay_groups_decay_matrices_only():
     assert {id(p) for p in kept["params"]} == {id(m.weight) for m in model.modules() if isinstance(m, nn.RMSNorm)}
     with pytest.raises(ValueError, match="weight_decay: expected a number"):
         weight_decay_groups(model, -1.0)
+
+
+def test_norm_placements_compute_their_formulas_and_stay_causal():
+    from normlib.book.models.gpt import PLACEMENTS, deepnorm_constants
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, WIDTH, dtype=torch.float64)
+    for placement in PLACEMENTS:
+        model = GPT(VOCAB, CONTEXT, WIDTH, depth=2, heads=2, placement=placement).double().eval()
+        block, alpha = model.blocks[0], deepnorm_constants(2)[0] if placement == "deepnorm" else 1.0
+        attention, mlp = block.attention, block.mlp
+        n1, n2 = block.norm_attention, block.norm_mlp
+        if placement == "pre":
+            h = x + attention(n1(x))
+            expected = h + mlp(n2(h))
+        elif placement == "sandwich":
+            h = x + block.norm_attention_out(attention(n1(x)))
+            expected = h + block.norm_mlp_out(mlp(n2(h)))
+        else:  # post, deepnorm
+            h = n1(alpha * x + attention(x))
+            expected = n2(alpha * h + mlp(h))
+        torch.testing.assert_close(block(x), expected)
+        assert isinstance(model.norm, torch.nn.Identity) == (placement in ("post", "deepnorm"))
+        ids = torch.randint(0, VOCAB, (2, CONTEXT))
+        changed = ids.clone()
+        changed[:, 6:] = (changed[:, 6:] + 1) % VOCAB
+        torch.testing.assert_close(model(ids)[:, :6], model(changed)[:, :6])
+    pre = GPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2)
+    assert not any("_out." in key for key in pre.state_dict())  # pre-norm checkpoints unchanged
+    with pytest.raises(ValueError, match="placement: expected one of"):
+        GPT(VOCAB, CONTEXT, placement="middle")
+
+
+def test_deepnorm_constants_and_initialization_follow_deepnet():
+    from normlib.book.models.gpt import deepnorm_constants
+
+    assert deepnorm_constants(6) == pytest.approx((12**0.25, 48**-0.25))
+    torch.manual_seed(0)
+    width, depth = 128, 18
+    alpha, beta = deepnorm_constants(depth)
+    model = GPT(VOCAB, CONTEXT, width, depth=depth, heads=4, placement="deepnorm")
+    assert all(block.alpha == alpha for block in model.blocks)
+    xavier = (2 / (width + width)) ** 0.5  # a width x width matrix
+    qkv = torch.stack([b.attention.qkv.weight for b in model.blocks]).view(depth, 3, width, width)
+    out = torch.stack([b.attention.out.weight for b in model.blocks])
+    fc = torch.stack([b.mlp[0].weight for b in model.blocks])  # (4 width, width)
+    for weights, expected in ((qkv[:, :2], xavier), (qkv[:, 2], beta * xavier), (out, beta * xavier),
+                              (fc, beta * (2 / (5 * width)) ** 0.5)):
+        assert weights.std().item() == pytest.approx(expected, rel=0.02)
+    with pytest.raises(ValueError, match="depth: expected a positive integer"):
+        deepnorm_constants(0)

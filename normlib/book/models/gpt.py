@@ -75,13 +75,37 @@ class SwiGLU(nn.Module):
         return self.out(self.u(x) * TF.silu(self.v(x)))
 
 
+PLACEMENTS = ("pre", "post", "deepnorm", "sandwich")
+
+
+def deepnorm_constants(depth: int) -> tuple[float, float]:
+    """DeepNorm's ``(alpha, beta)`` for a decoder-only stack of ``depth`` blocks (Wang et al.
+    2022): the residual is scaled by ``alpha = (2 depth)^(1/4)`` and the value, output and MLP
+    weights start at Xavier-normal with gain ``beta = (8 depth)^(-1/4)``."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth: expected a positive integer, got {depth!r}")
+    return (2 * depth) ** 0.25, (8 * depth) ** -0.25
+
+
 class Block(nn.Module):
-    """``x + attention(norm(x))``, then ``x + mlp(norm(x))``: the pre-norm residual block."""
+    """One residual block, attention then MLP, each sublayer ``f`` placed around its norm as
+    ``placement`` says:
+
+    * ``"pre"``: ``x + f(norm(x))`` (GPT-2, LLaMA);
+    * ``"post"``: ``norm(x + f(x))`` (the original Transformer, BERT);
+    * ``"deepnorm"``: ``norm(alpha * x + f(x))`` (DeepNet), post-norm with an up-weighted residual;
+    * ``"sandwich"``: ``x + norm_out(f(norm(x)))`` (CogView's sandwich LN, the peri-LN of
+      recent models): a second norm on the sublayer's output, before it joins the stream."""
 
     def __init__(self, width: int, heads: int, norm: Callable[[int], nn.Module], rotary_positions: bool = False,
-                 mlp: str = "gelu"):
+                 mlp: str = "gelu", placement: str = "pre", alpha: float = 1.0):
         super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+        self.placement, self.alpha = placement, alpha
         self.norm_attention, self.norm_mlp = norm(width), norm(width)
+        if placement == "sandwich":
+            self.norm_attention_out, self.norm_mlp_out = norm(width), norm(width)
         self.attention = CausalSelfAttention(width, heads, rotary_positions)
         if mlp == "gelu":
             self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
@@ -89,34 +113,64 @@ class Block(nn.Module):
         else:
             self.mlp = SwiGLU(width)
 
+    def _sublayer(self, x: torch.Tensor, f: nn.Module, norm: nn.Module, norm_out: str) -> torch.Tensor:
+        if self.placement == "pre":
+            return x + f(norm(x))
+        if self.placement == "sandwich":
+            return x + getattr(self, norm_out)(f(norm(x)))
+        return norm(self.alpha * x + f(x))  # post (alpha = 1) and deepnorm
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm_attention(x))
-        return x + self.mlp(self.norm_mlp(x))
+        x = self._sublayer(x, self.attention, self.norm_attention, "norm_attention_out")
+        return self._sublayer(x, self.mlp, self.norm_mlp, "norm_mlp_out")
+
+    def deepnorm_init_(self, beta: float) -> None:
+        """DeepNet's initialization: Xavier-normal with gain ``beta`` for the value and output
+        projections and the MLP, gain 1 for the queries and keys (each a ``width x width`` slice
+        of the fused projection)."""
+        width = self.attention.out.in_features
+        for part, gain in enumerate((1.0, 1.0, beta)):  # queries, keys, values: fans of one slice
+            nn.init.xavier_normal_(self.attention.qkv.weight[part * width:(part + 1) * width], gain=gain)
+        for layer in [self.attention.out, *(m for m in self.mlp.modules() if isinstance(m, nn.Linear))]:
+            nn.init.xavier_normal_(layer.weight, gain=beta)
 
 
 class GPT(nn.Module):
-    """Token embeddings, ``depth`` pre-norm blocks, a final norm and a linear read-out.
+    """Token embeddings, ``depth`` residual blocks, a final norm and a linear read-out.
     ``norm(width)`` builds every normalization layer (LayerNorm by default). Positions are
     learned embeddings added to the tokens (``positions="learned"``) or rotary encodings of
     the queries and keys (``positions="rotary"``, as in nGPT's baseline). The MLP is a
     ``4 * width`` GELU MLP (``mlp="gelu"``) or a SwiGLU of the same size (``mlp="swiglu"``).
+    ``placement`` puts the norms before the sublayers (``"pre"``, the default), after the
+    residual sum (``"post"``), after a residual sum scaled by DeepNorm's alpha with DeepNet's
+    initialization (``"deepnorm"``), or on both sides of the sublayer (``"sandwich"``); see
+    :class:`Block`. Post-norm stacks end normalized, so ``"post"`` and ``"deepnorm"`` have no
+    final norm (``self.norm`` is the identity), as in the original Transformer.
     Used in ``chapters/04_rms_norm.ipynb`` and ``chapters/09_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
-                 norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu"):
+                 norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
+                 placement: str = "pre"):
         super().__init__()
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions: expected 'learned' or 'rotary', got {positions!r}")
         if mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp: expected 'gelu' or 'swiglu', got {mlp!r}")
-        self.context = context
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+        self.context, self.placement = context, placement
         self.token = nn.Embedding(vocab_size, width)
         if positions == "learned":
             self.position = nn.Embedding(context, width)
-        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary", mlp) for _ in range(depth))
-        self.norm = norm(width)
+        alpha, beta = deepnorm_constants(depth) if placement == "deepnorm" else (1.0, 1.0)
+        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary", mlp, placement, alpha)
+                                    for _ in range(depth))
+        self.norm = nn.Identity() if placement in ("post", "deepnorm") else norm(width)
         self.head = nn.Linear(width, vocab_size, bias=False)
         self.apply(self._init)
+        if placement == "deepnorm":
+            for block in self.blocks:
+                block.deepnorm_init_(beta)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
