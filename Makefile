@@ -3,8 +3,9 @@
 #   make test        unit tests, nbval, papermill with another seed, website build + Chromium check
 #   make test-fast   the unit tests alone (no notebooks, no website): a few minutes
 #   make reproduce   papermill at SCALE=full into results/ (for a GPU machine)
-#   make spread CHAPTER=04_rms_norm SEEDS=5
-#                    one chapter at SCALE=ci over SEEDS seeds (the spread a chapter states)
+#   make spread CHAPTER=04_rms_norm SEEDS=5 [CPU=avx2]
+#                    one chapter at SCALE=ci over SEEDS seeds (the spread a chapter states);
+#                    CPU=avx2 on the AVX2 code paths (another order of float operations)
 #   make distributed CHAPTER=02_batch_norm NPROC=4
 #                    one chapter under torchrun on NPROC processes (GPUs with NCCL, else CPU with gloo)
 #   make bench       kernel benchmark into benchmarks/results/ (GPU; tiny shapes on a CPU)
@@ -63,10 +64,15 @@ reproduce: $(STAMP)
 	  $(VENV)/bin/papermill "$$nb" "results/$$(basename $$nb)" -p SCALE $(SCALE) -p SEED $(SEED) || exit 1; \
 	done
 
+# One torch thread, as make test runs the chapters. CPU=avx2 runs PyTorch's and MKL's AVX2 code
+# paths instead of the widest the CPU has (AVX-512 on some machines): another order of float
+# operations, as on another machine, which is enough to send a chaotic run (a GAN) elsewhere.
+CPU_PATH := $(if $(filter avx2,$(CPU)),ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2)
 spread: $(STAMP)
-	test -n "$(CHAPTER)" || { echo "usage: make spread CHAPTER=04_rms_norm SEEDS=5"; exit 2; }
+	test -n "$(CHAPTER)" || { echo "usage: make spread CHAPTER=04_rms_norm SEEDS=5 [CPU=avx2]"; exit 2; }
 	mkdir -p results
-	$(VENV)/bin/papermill chapters/$(CHAPTER).ipynb results/$(CHAPTER)-$(SEEDS)seeds.ipynb \
+	$(ONE_THREAD) $(CPU_PATH) $(VENV)/bin/papermill chapters/$(CHAPTER).ipynb \
+	  results/$(CHAPTER)-$(SEEDS)seeds$(if $(CPU),-$(CPU)).ipynb \
 	  -p SCALE ci -p SEED $(SEED) -p SEEDS $(SEEDS) --cwd chapters
 
 # Each process runs the notebook in its own kernel, which inherits torchrun's environment, so

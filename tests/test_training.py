@@ -9,7 +9,7 @@ import normlib.functional as NF
 from normlib import nn
 from normlib.book import backward, quadratic
 from normlib.book.models import MLP, ShiftingNoise, SmallCNN
-from normlib.book.train import accuracy, fit, minibatches, seed_everything
+from normlib.book.train import History, accuracy, fit, minibatches, seed_everything
 
 
 def test_hand_derived_batch_norm_backward_matches_autograd():
@@ -255,6 +255,17 @@ def test_fit_trains_an_mlp_and_records_history():
     assert history.last("acc") > 0.9 and not history.diverged
     logits, pre = model(x, return_preactivations=True)
     assert logits.shape == (256, 2) and pre[0].shape == (256, 16)
+
+
+def test_history_mean_from_averages_the_late_records():
+    history = History()
+    for step, modes in [(0, 0), (250, 8), (500, 2), (750, 4)]:
+        history.log(step, modes=modes)
+    assert history.mean_from("modes", 500) == 3.0
+    assert history.mean_from("modes", 251) == 3.0  # from the first record at or after the step
+    assert history.mean_from("modes", 0) == 3.5
+    with pytest.raises(ValueError, match="step"):
+        history.mean_from("modes", 751)
 
 
 def test_fit_stops_when_the_loss_diverges():

@@ -86,6 +86,15 @@ class History:
         how many steps a run needs to reach a target loss, at the resolution of its records."""
         return next((step for step, value in self.records[key] if value <= threshold), None)
 
+    def mean_from(self, key: str, step: int) -> float:
+        """The mean of ``key`` over its records at ``step`` and later. For a run that oscillates
+        (a GAN), the quality over its late checkpoints says more than the one it stopped at."""
+        late = [value for s, value in self.records[key] if s >= step]
+        if not late:
+            raise ValueError(f"step: expected at most the last recorded step of {key!r}, "
+                             f"{self.records[key][-1][0]}, got {step}")
+        return float(np.mean(late))
+
 
 def fit(
     model: nn.Module,
