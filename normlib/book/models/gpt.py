@@ -144,8 +144,9 @@ class GPT(nn.Module):
     ``placement`` puts the norms before the sublayers (``"pre"``, the default), after the
     residual sum (``"post"``), after a residual sum scaled by DeepNorm's alpha with DeepNet's
     initialization (``"deepnorm"``), or on both sides of the sublayer (``"sandwich"``); see
-    :class:`Block`. Post-norm stacks end normalized, so ``"post"`` and ``"deepnorm"`` have no
-    final norm (``self.norm`` is the identity), as in the original Transformer.
+    :class:`normlib.book.models.gpt.Block`. Post-norm stacks end normalized, so ``"post"`` and
+    ``"deepnorm"`` have no final norm (``self.norm`` is the identity), as in the original
+    Transformer.
     Used in ``chapters/04_rms_norm.ipynb`` and ``chapters/09_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
