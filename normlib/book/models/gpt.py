@@ -104,8 +104,9 @@ class Block(nn.Module):
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
         self.placement, self.alpha = placement, alpha
         self.norm_attention, self.norm_mlp = norm(width), norm(width)
-        if placement == "sandwich":
-            self.norm_attention_out, self.norm_mlp_out = norm(width), norm(width)
+        # the output norms: sandwich's own; the identity (no parameters) for pre-norm
+        out = norm if placement == "sandwich" else lambda _: nn.Identity()
+        self.norm_attention_out, self.norm_mlp_out = out(width), out(width)
         self.attention = CausalSelfAttention(width, heads, rotary_positions)
         if mlp == "gelu":
             self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
@@ -113,16 +114,14 @@ class Block(nn.Module):
         else:
             self.mlp = SwiGLU(width)
 
-    def _sublayer(self, x: torch.Tensor, f: nn.Module, norm: nn.Module, norm_out: str) -> torch.Tensor:
-        if self.placement == "pre":
-            return x + f(norm(x))
-        if self.placement == "sandwich":
-            return x + getattr(self, norm_out)(f(norm(x)))
-        return norm(self.alpha * x + f(x))  # post (alpha = 1) and deepnorm
+    def _sublayer(self, x: torch.Tensor, f: nn.Module, norm: nn.Module, norm_out: nn.Module) -> torch.Tensor:
+        if self.placement in ("post", "deepnorm"):
+            return norm(self.alpha * x + f(x))  # alpha = 1 for post
+        return x + norm_out(f(norm(x)))  # pre and sandwich
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._sublayer(x, self.attention, self.norm_attention, "norm_attention_out")
-        return self._sublayer(x, self.mlp, self.norm_mlp, "norm_mlp_out")
+        x = self._sublayer(x, self.attention, self.norm_attention, self.norm_attention_out)
+        return self._sublayer(x, self.mlp, self.norm_mlp, self.norm_mlp_out)
 
     def deepnorm_init_(self, beta: float) -> None:
         """DeepNet's initialization: Xavier-normal with gain ``beta`` for the value and output
