@@ -11,7 +11,7 @@ import normlib.functional as NF
 from normlib import nn
 from normlib.book.data import language_model_windows
 from normlib.book.models import GPT, NGPT
-from normlib.book.models.gpt import rotary
+from normlib.book.models.gpt import mlp_output_gradient_norms, rotary
 from normlib.book import train
 from normlib.book.train import fit, next_token_loss, seed_everything, warmup_cosine
 
@@ -260,3 +260,32 @@ def test_deepnorm_constants_and_initialization_follow_deepnet():
         assert weights.std().item() == pytest.approx(expected, rel=0.02)
     with pytest.raises(ValueError, match="depth: expected a positive integer"):
         deepnorm_constants(0)
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_mlp_output_gradient_norms_match_autograd_and_leave_grads_alone(mlp):
+    seed_everything(0)
+    gpt = GPT(VOCAB, CONTEXT, WIDTH, depth=3, heads=2, mlp=mlp, placement="post")
+    ids, targets = toy_task()
+    ids, targets = ids[:4], targets[:4]
+    norms = mlp_output_gradient_norms(gpt, ids, targets)
+    assert all(p.grad is None for p in gpt.parameters())
+    next_token_loss(gpt, (ids, targets)).backward()
+    expected = [block.mlp_out.weight.grad.norm().item() for block in gpt.blocks]
+    assert norms == pytest.approx(expected, rel=1e-6) and len(norms) == 3
+    assert gpt.blocks[0].mlp_out.out_features == WIDTH
+
+
+def test_xavier_init_is_the_original_transformers_regime():
+    seed_everything(0)
+    gpt = GPT(VOCAB, CONTEXT, 64, depth=2, heads=2, init="xavier")
+    assert gpt.token.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    fan_in, fan_out = gpt.blocks[0].mlp_out.weight.shape[1], gpt.blocks[0].mlp_out.weight.shape[0]
+    xavier = math.sqrt(2 / (fan_in + fan_out))
+    assert gpt.blocks[0].mlp_out.weight.std().item() == pytest.approx(xavier, rel=0.05)
+    # DeepNorm's own initialization overrides the blocks' (the value slice has gain beta)
+    deep = GPT(VOCAB, CONTEXT, 64, depth=2, heads=2, init="xavier", placement="deepnorm")
+    beta = (8 * 2) ** -0.25
+    assert deep.blocks[0].mlp_out.weight.std().item() == pytest.approx(beta * xavier, rel=0.05)
+    with pytest.raises(ValueError, match="init: expected 'normal' or 'xavier'"):
+        GPT(VOCAB, CONTEXT, init="kaiming")

@@ -119,6 +119,11 @@ class Block(nn.Module):
             return norm(self.alpha * x + f(x))  # alpha = 1 for post
         return x + norm_out(f(norm(x)))  # pre and sandwich
 
+    @property
+    def mlp_out(self) -> nn.Linear:
+        """The MLP's output projection (``W_2`` of the FFN in Xiong et al.), whichever the MLP."""
+        return self.mlp.out if isinstance(self.mlp, SwiGLU) else self.mlp[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._sublayer(x, self.attention, self.norm_attention, self.norm_attention_out)
         return self._sublayer(x, self.mlp, self.norm_mlp, self.norm_mlp_out)
@@ -143,14 +148,19 @@ class GPT(nn.Module):
     ``placement`` puts the norms before the sublayers (``"pre"``, the default), after the
     residual sum (``"post"``), after a residual sum scaled by DeepNorm's alpha with DeepNet's
     initialization (``"deepnorm"``), or on both sides of the sublayer (``"sandwich"``); see
-    :class:`normlib.book.models.gpt.Block`. Post-norm stacks end normalized, so ``"post"`` and
+    :class:`normlib.book.models.gpt.Block`. ``init="normal"`` draws every matrix and embedding
+    from N(0, 0.02^2) (GPT-2, nanoGPT); ``init="xavier"`` is the original Transformer's regime
+    that Xiong et al. analyse: Xavier-normal matrices and unit-variance embeddings (the
+    Transformer's ``sqrt(width)`` embedding scale), so the residual stream starts at norm
+    about ``sqrt(width)``. DeepNorm's own initialization then overrides the blocks'. Post-norm stacks end normalized, so ``"post"`` and
     ``"deepnorm"`` have no final norm (``self.norm`` is the identity), as in the original
     Transformer.
-    Used in ``chapters/04_rms_norm.ipynb`` and ``chapters/09_ngpt.ipynb``."""
+    Used in ``chapters/04_rms_norm.ipynb``, ``chapters/09_norm_placement.ipynb`` and
+    ``chapters/10_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
-                 placement: str = "pre"):
+                 placement: str = "pre", init: str = "normal"):
         super().__init__()
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions: expected 'learned' or 'rotary', got {positions!r}")
@@ -158,6 +168,8 @@ class GPT(nn.Module):
             raise ValueError(f"mlp: expected 'gelu' or 'swiglu', got {mlp!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+        if init not in ("normal", "xavier"):
+            raise ValueError(f"init: expected 'normal' or 'xavier', got {init!r}")
         self.context, self.placement = context, placement
         self.token = nn.Embedding(vocab_size, width)
         if positions == "learned":
@@ -167,7 +179,7 @@ class GPT(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.Identity() if placement in ("post", "deepnorm") else norm(width)
         self.head = nn.Linear(width, vocab_size, bias=False)
-        self.apply(self._init)
+        self.apply(self._init if init == "normal" else self._xavier_init)
         if placement == "deepnorm":
             for block in self.blocks:
                 block.deepnorm_init_(beta)
@@ -176,6 +188,13 @@ class GPT(nn.Module):
     def _init(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
+
+    @staticmethod
+    def _xavier_init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=1.0)
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """The residual stream after the embedding and after each block, ``(N, T, width)`` each."""
@@ -197,3 +216,13 @@ def check_token_ids(ids: torch.Tensor, context: int) -> None:
         raise ValueError(f"ids: expected a (N, T) tensor of int64 token ids, got shape {tuple(ids.shape)} and {ids.dtype}")
     if ids.shape[1] > context:
         raise ValueError(f"ids: expected at most {context} positions, got {ids.shape[1]}")
+
+
+def mlp_output_gradient_norms(model: GPT, ids: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """The norm of the gradient of the next-token loss on one batch with respect to each
+    block's MLP output matrix (``W_2`` in Xiong et al. 2020), first block first: the quantity
+    whose size at initialization tells post-LN from pre-LN. The model's other gradients are
+    left as they were. Used in ``chapters/09_norm_placement.ipynb``."""
+    weights = [block.mlp_out.weight for block in model.blocks]
+    loss = TF.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
+    return [g.norm().item() for g in torch.autograd.grad(loss, weights)]
