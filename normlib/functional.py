@@ -481,7 +481,7 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     The norm is computed in float32 for half-precision inputs. nGPT keeps every embedding,
     hidden state and weight row on the unit sphere with this function.
 
-    Derived in ``chapters/09_ngpt.ipynb``.
+    Derived in ``chapters/10_ngpt.ipynb``.
     """
     V.check_tensor(x, "x")
     V.check_eps(eps)

@@ -160,7 +160,7 @@ def adain(content, style, eps=1e-5) -> torch.Tensor:
 
 
 def l2_normalize(x, dim=-1, eps=1e-12) -> torch.Tensor:
-    """``x / max(||x||, eps)`` along ``dim``. Derived in ``chapters/09_ngpt.ipynb``."""
+    """``x / max(||x||, eps)`` along ``dim``. Derived in ``chapters/10_ngpt.ipynb``."""
     xs = x.to(stats_dtype(x.dtype))
     norm = torch.linalg.vector_norm(xs, dim=dim, keepdim=True)
     return (xs / norm.clamp_min(eps)).to(x.dtype)
