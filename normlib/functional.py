@@ -41,6 +41,7 @@ __all__ = [
     "local_response_norm",
     "adain",
     "l2_normalize",
+    "dyt",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -481,10 +482,42 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     The norm is computed in float32 for half-precision inputs. nGPT keeps every embedding,
     hidden state and weight row on the unit sphere with this function.
 
-    Derived in ``chapters/10_ngpt.ipynb``.
+    Derived in ``chapters/11_ngpt.ipynb``.
     """
     V.check_tensor(x, "x")
     V.check_eps(eps)
     if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim: expected an int in [{-x.dim()}, {x.dim() - 1}], got {dim!r}")
     return reference.l2_normalize(x, dim, eps)
+
+
+def dyt(
+    input: torch.Tensor,
+    alpha: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Dynamic Tanh (Zhu et al. 2025), ``weight * tanh(alpha * input) + bias``: the drop-in
+    replacement for LayerNorm in transformers without normalization.
+
+    ``alpha`` is a one-element tensor (a learned scalar); ``weight`` and ``bias`` are per-feature
+    tensors over the last axis (``channels_last=True``, tokens ``(N, T, C)``) or over axis 1
+    (``channels_last=False``, images ``(N, C, H, W)``), as in the authors' ``DynamicTanh``.
+    Computed in float32 for half-precision inputs.
+
+    Derived in ``chapters/10_dyt.ipynb``.
+    """
+    V.check_tensor(input, "input", min_dim=1 if channels_last else 2)
+    if not isinstance(alpha, torch.Tensor):
+        raise TypeError(f"alpha: expected a torch.Tensor with one element, got {type(alpha).__name__}")
+    if alpha.numel() != 1 or alpha.dtype not in V.FLOAT_DTYPES:
+        raise ValueError(f"alpha: expected a floating-point tensor with one element, got shape "
+                         f"{tuple(alpha.shape)} and dtype {alpha.dtype}")
+    V.check_same_device(alpha, "alpha", input)
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+    features = (input.shape[-1] if channels_last else input.shape[1],)
+    V.check_param(weight, "weight", features, input)
+    V.check_param(bias, "bias", features, input)
+    return reference.dyt(input, alpha, weight, bias, channels_last)

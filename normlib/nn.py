@@ -24,6 +24,7 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "AdaIN",
+    "DyT",
 ]
 
 
@@ -369,3 +370,31 @@ class AdaIN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh (Zhu et al. 2025): ``weight * tanh(alpha * x) + bias``, LayerNorm's drop-in
+    replacement in transformers without normalization. ``alpha`` is one learned scalar
+    (initialized at ``alpha_init_value``), ``weight`` and ``bias`` per feature (ones and zeros),
+    over the last axis or, with ``channels_last=False``, over axis 1 of ``(N, C, *)``. The
+    parameter names and shapes are those of the authors' ``DynamicTanh``, so its state dict
+    loads as is. Derived in ``chapters/10_dyt.ipynb``."""
+
+    def __init__(self, normalized_shape: int, channels_last: bool = True, alpha_init_value: float = 0.5,
+                 device=None, dtype=None):
+        super().__init__()
+        V.check_positive_int(normalized_shape, "normalized_shape")
+        V.check_number(alpha_init_value, "alpha_init_value")
+        self.normalized_shape, self.channels_last = normalized_shape, channels_last
+        self.alpha_init_value = alpha_init_value
+        factory = {"device": device, "dtype": dtype}
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init_value), **factory))
+        self.weight = nn.Parameter(torch.ones(normalized_shape, **factory))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape, **factory))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return NF.dyt(input, self.alpha, self.weight, self.bias, self.channels_last)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, channels_last={self.channels_last}, "
+                f"alpha_init_value={self.alpha_init_value}")
