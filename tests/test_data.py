@@ -1,5 +1,6 @@
 """The data files: checksums, loaders, and clear errors when a file is missing or corrupt."""
 
+import math
 import shutil
 
 import pytest
@@ -90,3 +91,16 @@ def test_data_folder_is_found_from_a_checkout_an_argument_or_not_at_all(tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(data.DataError, match="data/ folder was not found: .* NORMBOOK_DATA"):
         data.data_dir()
+
+
+def test_unigram_loss_is_the_cross_entropy_of_the_smoothed_frequencies():
+    from normlib.book.data import unigram_loss
+
+    # every token equally often: add-one smoothing changes nothing, the loss is log(V)
+    train = torch.arange(5).repeat(4)
+    assert unigram_loss(train, torch.tensor([0, 3, 4]), 5) == pytest.approx(math.log(5))
+    # token 2 never seen: probability 1/(n + V), not 0
+    train = torch.tensor([0, 0, 1])
+    assert unigram_loss(train, torch.tensor([2]), 3) == pytest.approx(math.log(6))
+    with pytest.raises(ValueError, match="vocab_size: expected more than the largest token id"):
+        unigram_loss(torch.tensor([0, 7]), torch.tensor([0]), 3)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 __all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "language_model_windows",
-           "shakespeare_language_model", "DataError", "PHOTOS", "load_photo", "random_crops"]
+           "shakespeare_language_model", "unigram_loss", "DataError", "PHOTOS", "load_photo", "random_crops"]
 
 SHA256 = {
     "mnist10k.npz": "f1a23f2fb1a1c97bb00a811807ddd50a888dbcdcdead94147993273c22ee3f37",
@@ -147,6 +147,18 @@ PHOTOS = {
     "brick": "skimage", "grass": "skimage", "gravel": "skimage",
     "china": "sklearn", "flower": "sklearn",
 }
+
+
+def unigram_loss(train_targets: torch.Tensor, val_targets: torch.Tensor, vocab_size: int) -> float:
+    """The cross-entropy, in nats per token, of ``val_targets`` under the token frequencies of
+    ``train_targets`` (add-one smoothed, so no token has probability 0): the loss of a language
+    model that has learned the frequencies and nothing else, the level a collapsed run sits at.
+    Used in ``chapters/09_norm_placement.ipynb`` and ``chapters/10_dyt.ipynb``."""
+    counts = torch.bincount(train_targets.flatten().cpu(), minlength=vocab_size)
+    if counts.numel() != vocab_size:
+        raise ValueError(f"vocab_size: expected more than the largest token id, got {vocab_size}")
+    frequencies = (counts + 1) / (counts + 1).sum()
+    return -frequencies.log()[val_targets.flatten().cpu()].mean().item()
 
 
 def load_photo(name: str, short_side: int | None = None) -> torch.Tensor:
