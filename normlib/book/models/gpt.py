@@ -152,11 +152,11 @@ class GPT(nn.Module):
     from N(0, 0.02^2) (GPT-2, nanoGPT); ``init="xavier"`` is the original Transformer's regime
     that Xiong et al. analyse: Xavier-normal matrices and unit-variance embeddings (the
     Transformer's ``sqrt(width)`` embedding scale), so the residual stream starts at norm
-    about ``sqrt(width)``. DeepNorm's own initialization then overrides the blocks'. Post-norm stacks end normalized, so ``"post"`` and
+    about ``sqrt(width)`` per embedding (``sqrt(2 width)`` with learned positions added). DeepNorm's own initialization then overrides the blocks'. Post-norm stacks end normalized, so ``"post"`` and
     ``"deepnorm"`` have no final norm (``self.norm`` is the identity), as in the original
     Transformer.
     Used in ``chapters/04_rms_norm.ipynb``, ``chapters/09_norm_placement.ipynb`` and
-    ``chapters/10_ngpt.ipynb``."""
+    ``chapters/11_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
