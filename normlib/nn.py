@@ -378,12 +378,20 @@ class DyT(nn.Module):
     (initialized at ``alpha_init_value``), ``weight`` and ``bias`` per feature (ones and zeros),
     over the last axis or, with ``channels_last=False``, over axis 1 of ``(N, C, *)``. The
     parameter names and shapes are those of the authors' ``DynamicTanh``, so its state dict
-    loads as is. Derived in ``chapters/10_dyt.ipynb``."""
+    loads as is; ``normalized_shape`` is the number of channels, or LayerNorm's one-element
+    tuple of it (so a LayerNorm's ``normalized_shape`` can be passed on). Unlike the authors'
+    module, ``channels_last`` defaults to ``True``, channels-first inputs may have any number of
+    positions, and half-precision inputs are computed in float32. Derived in
+    ``chapters/10_dyt.ipynb``."""
 
-    def __init__(self, normalized_shape: int, channels_last: bool = True, alpha_init_value: float = 0.5,
+    def __init__(self, normalized_shape, channels_last: bool = True, alpha_init_value: float = 0.5,
                  device=None, dtype=None):
         super().__init__()
-        V.check_positive_int(normalized_shape, "normalized_shape")
+        shape = V.normalized_shape_tuple(normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"normalized_shape: expected the number of channels (an int or a one-element "
+                             f"tuple), got {normalized_shape!r}")
+        normalized_shape = shape[0]
         V.check_number(alpha_init_value, "alpha_init_value")
         self.normalized_shape, self.channels_last = normalized_shape, channels_last
         self.alpha_init_value = alpha_init_value

@@ -52,8 +52,12 @@ def test_dyt_initial_values_and_saturation():
     torch.testing.assert_close(y, torch.tanh(0.5 * x))
     assert y.abs().max() <= 1  # squashed: |tanh| <= 1 with unit gain and no shift
     assert "alpha_init_value=0.5" in repr(layer)
-    with pytest.raises(ValueError, match="normalized_shape: expected a positive integer"):
+    with pytest.raises(ValueError, match="normalized_shape: expected one or more positive sizes"):
         nn.DyT(0)
+    with pytest.raises(ValueError, match="normalized_shape: expected the number of channels"):
+        nn.DyT((4, 2))
+    # a LayerNorm's normalized_shape can be passed on, as the authors' conversion does
+    assert nn.DyT(nn.LayerNorm(4).normalized_shape).weight.shape == (4,)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
