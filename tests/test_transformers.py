@@ -11,7 +11,7 @@ import normlib.functional as NF
 from normlib import nn
 from normlib.book.data import language_model_windows
 from normlib.book.models import GPT, NGPT
-from normlib.book.models.gpt import mlp_output_gradient_norms, rotary
+from normlib.book.models.gpt import max_attention_logits, mlp_output_gradient_norms, rotary
 from normlib.book import train
 from normlib.book.train import fit, next_token_loss, seed_everything, warmup_cosine
 
@@ -289,3 +289,41 @@ def test_xavier_init_is_the_original_transformers_regime():
     assert deep.blocks[0].mlp_out.weight.std().item() == pytest.approx(beta * xavier, rel=0.05)
     with pytest.raises(ValueError, match="init: expected 'normal' or 'xavier'"):
         GPT(VOCAB, CONTEXT, init="kaiming")
+
+
+def test_qk_norm_normalizes_each_heads_queries_and_keys_and_stays_causal():
+    seed_everything(0)
+    plain = GPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2, positions="rotary")
+    assert not any("q_norm" in name or "k_norm" in name for name in plain.state_dict())
+    seed_everything(0)
+    # eps ~ 0, so that every normalized row has norm sqrt(head width) to float64 precision
+    gpt = GPT(VOCAB, CONTEXT, WIDTH, depth=1, heads=2, positions="rotary",
+              qk_norm=lambda d: nn.LayerNorm(d, eps=1e-12, elementwise_affine=False)).eval()
+    attention = gpt.blocks[0].attention
+    x = torch.randn(3, CONTEXT, WIDTH, dtype=torch.float64)
+    attention.double()
+    q, k, _ = attention.queries_keys_values(x)
+    # rotary keeps each feature pair's norm, so the rows keep LayerNorm's norm sqrt(head width)
+    torch.testing.assert_close(q.norm(dim=-1), torch.full(q.shape[:-1], (WIDTH // 2) ** 0.5, dtype=torch.float64))
+    torch.testing.assert_close(k.norm(dim=-1), torch.full(k.shape[:-1], (WIDTH // 2) ** 0.5, dtype=torch.float64))
+    gpt.float()
+    ids = torch.randint(0, VOCAB, (2, CONTEXT))
+    changed = ids.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % VOCAB
+    torch.testing.assert_close(gpt(ids)[:, :5], gpt(changed)[:, :5])
+
+
+def test_max_attention_logits_by_hand():
+    seed_everything(0)
+    gpt = GPT(VOCAB, CONTEXT, WIDTH, depth=2, heads=2).eval()
+    ids = torch.randint(0, VOCAB, (3, CONTEXT))
+    expected = []
+    for block, x in zip(gpt.blocks, gpt.hidden_states(ids)):
+        q, k, _ = block.attention.queries_keys_values(block.norm_attention(x))
+        logits = q @ k.transpose(-2, -1) / (WIDTH // 2) ** 0.5
+        causal = torch.ones(CONTEXT, CONTEXT).tril().bool()
+        expected.append(logits[..., causal].max().item())
+    assert max_attention_logits(gpt, ids) == pytest.approx(expected, rel=1e-5)
+    # the logits of the future are masked: softmax of the logits is the attention itself
+    logits = gpt.blocks[0].attention.attention_logits(gpt.blocks[0].norm_attention(gpt.hidden_states(ids)[0]))
+    assert torch.isinf(logits[..., 0, 1:]).all() and torch.isfinite(logits[..., -1, :]).all()

@@ -29,23 +29,40 @@ def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with one fused query/key/value projection."""
+    """Multi-head causal self-attention with one fused query/key/value projection.
+    ``qk_norm(head_width)``, when given, builds a norm applied to every head's queries and keys
+    over the head dimension before the rotary encoding (QK-norm: Henry et al. 2020, Dehghani
+    et al. 2023, Wortsman et al. 2023); the softmax keeps its ``1/sqrt(head_width)`` scale."""
 
-    def __init__(self, width: int, heads: int, rotary_positions: bool = False):
+    def __init__(self, width: int, heads: int, rotary_positions: bool = False,
+                 qk_norm: Callable[[int], nn.Module] | None = None):
         super().__init__()
         if width % heads != 0:
             raise ValueError(f"heads: expected a divisor of width={width}, got {heads}")
         self.heads, self.rotary_positions = heads, rotary_positions
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
+        if qk_norm is not None:  # no modules otherwise: the state dict stays as it was
+            self.q_norm, self.k_norm = qk_norm(width // heads), qk_norm(width // heads)
 
     def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(N, T, width)`` -> three ``(N, heads, T, width / heads)`` tensors."""
         n, t, d = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary_positions:
             q, k = rotary(q), rotary(k)
         return q, k, v
+
+    def attention_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled logits ``q . k / sqrt(head_width)`` of every head, ``(N, heads, T, T)``,
+        with the positions a query may not attend to (the future) set to ``-inf``."""
+        q, k, _ = self.queries_keys_values(x)
+        logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        t = x.shape[1]
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        return logits.masked_fill(future, float("-inf"))
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         n, h, t, d = y.shape
@@ -98,7 +115,8 @@ class Block(nn.Module):
       recent models): a second norm on the sublayer's output, before it joins the stream."""
 
     def __init__(self, width: int, heads: int, norm: Callable[[int], nn.Module], rotary_positions: bool = False,
-                 mlp: str = "gelu", placement: str = "pre", alpha: float = 1.0):
+                 mlp: str = "gelu", placement: str = "pre", alpha: float = 1.0,
+                 qk_norm: Callable[[int], nn.Module] | None = None):
         super().__init__()
         if placement not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
@@ -107,7 +125,7 @@ class Block(nn.Module):
         # the output norms: sandwich's own; the identity (no parameters) for pre-norm
         out = norm if placement == "sandwich" else lambda _: nn.Identity()
         self.norm_attention_out, self.norm_mlp_out = out(width), out(width)
-        self.attention = CausalSelfAttention(width, heads, rotary_positions)
+        self.attention = CausalSelfAttention(width, heads, rotary_positions, qk_norm)
         if mlp == "gelu":
             self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
                                      nn.Linear(4 * width, width, bias=False))
@@ -152,15 +170,17 @@ class GPT(nn.Module):
     from N(0, 0.02^2) (GPT-2, nanoGPT); ``init="xavier"`` is the original Transformer's regime
     that Xiong et al. analyse: Xavier-normal matrices and unit-variance embeddings (the
     Transformer's ``sqrt(width)`` embedding scale), so the residual stream starts at norm
-    about ``sqrt(width)`` per embedding (``sqrt(2 width)`` with learned positions added). DeepNorm's own initialization then overrides the blocks'. Post-norm stacks end normalized, so ``"post"`` and
-    ``"deepnorm"`` have no final norm (``self.norm`` is the identity), as in the original
-    Transformer.
+    about ``sqrt(width)`` per embedding (``sqrt(2 width)`` with learned positions added);
+    DeepNorm's own initialization then overrides the blocks'. Post-norm stacks end normalized,
+    so ``"post"`` and ``"deepnorm"`` have no final norm (``self.norm`` is the identity), as in
+    the original Transformer. ``qk_norm(head_width)``, when given, normalizes every head's
+    queries and keys (see :class:`normlib.book.models.gpt.CausalSelfAttention`).
     Used in ``chapters/04_rms_norm.ipynb``, ``chapters/09_norm_placement.ipynb`` and
     ``chapters/11_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
-                 placement: str = "pre", init: str = "normal"):
+                 placement: str = "pre", init: str = "normal", qk_norm: Callable[[int], nn.Module] | None = None):
         super().__init__()
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions: expected 'learned' or 'rotary', got {positions!r}")
@@ -175,7 +195,7 @@ class GPT(nn.Module):
         if positions == "learned":
             self.position = nn.Embedding(context, width)
         alpha, beta = deepnorm_constants(depth) if placement == "deepnorm" else (1.0, 1.0)
-        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary", mlp, placement, alpha)
+        self.blocks = nn.ModuleList(Block(width, heads, norm, positions == "rotary", mlp, placement, alpha, qk_norm)
                                     for _ in range(depth))
         self.norm = nn.Identity() if placement in ("post", "deepnorm") else norm(width)
         self.head = nn.Linear(width, vocab_size, bias=False)
@@ -226,3 +246,19 @@ def mlp_output_gradient_norms(model: GPT, ids: torch.Tensor, targets: torch.Tens
     weights = [block.mlp_out.weight for block in model.blocks]
     loss = TF.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
     return [g.norm().item() for g in torch.autograd.grad(loss, weights)]
+
+
+def max_attention_logits(model: GPT, ids: torch.Tensor) -> list[float]:
+    """The largest scaled attention logit ``q . k / sqrt(head_width)`` of each block on a batch
+    of token ids, first block first: the quantity whose growth at a high learning rate makes
+    attention collapse onto one key (Dehghani et al. 2023; Wortsman et al. 2023)."""
+    inputs = []
+    hooks = [block.attention.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+             for block in model.blocks]
+    try:
+        with torch.no_grad():
+            model(ids)
+            return [block.attention.attention_logits(x).amax().item() for block, x in zip(model.blocks, inputs)]
+    finally:
+        for hook in hooks:
+            hook.remove()
