@@ -173,5 +173,5 @@ def dyt(input, alpha, weight=None, bias=None, channels_last=True) -> torch.Tenso
     Derived in ``chapters/10_dyt.ipynb``."""
     xs = input.to(stats_dtype(input.dtype))
     y = torch.tanh(alpha.to(xs.dtype) * xs)
-    view = (lambda p: p) if channels_last else (lambda p: p.reshape(-1, *[1] * (input.dim() - 2)))
+    view = (lambda p: p) if channels_last else (lambda p: per_channel(p, input.dim()))
     return _affine(y, weight, bias, view).to(input.dtype)
