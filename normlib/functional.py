@@ -482,7 +482,7 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     The norm is computed in float32 for half-precision inputs. nGPT keeps every embedding,
     hidden state and weight row on the unit sphere with this function.
 
-    Derived in ``chapters/11_ngpt.ipynb``.
+    Derived in ``chapters/12_ngpt.ipynb``.
     """
     V.check_tensor(x, "x")
     V.check_eps(eps)
@@ -506,7 +506,7 @@ def dyt(
     (``channels_last=False``, images ``(N, C, H, W)``), as in the authors' ``DynamicTanh``.
     Computed in float32 for half-precision inputs.
 
-    Derived in ``chapters/10_dyt.ipynb``.
+    Derived in ``chapters/11_dyt.ipynb``.
     """
     V.check_tensor(input, "input", min_dim=1 if channels_last else 2)
     if not isinstance(alpha, torch.Tensor):

@@ -382,7 +382,7 @@ class DyT(nn.Module):
     tuple of it (so a LayerNorm's ``normalized_shape`` can be passed on). Unlike the authors'
     module, ``channels_last`` defaults to ``True``, channels-first inputs may have any number of
     positions, and half-precision inputs are computed in float32. Derived in
-    ``chapters/10_dyt.ipynb``."""
+    ``chapters/11_dyt.ipynb``."""
 
     def __init__(self, normalized_shape, channels_last: bool = True, alpha_init_value: float = 0.5,
                  device=None, dtype=None):

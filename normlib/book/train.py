@@ -234,7 +234,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups that decay the matrices and embeddings (parameters with two or
     more dimensions) and not the gains and biases of norms (one dimension), the usual recipe of
     GPT-style training (nanoGPT, LLaMA) and of nGPT's baseline. Used in
-    ``chapters/11_ngpt.ipynb``."""
+    ``chapters/12_ngpt.ipynb``."""
     V.check_number(weight_decay, "weight_decay", low=0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},

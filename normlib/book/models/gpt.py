@@ -176,7 +176,7 @@ class GPT(nn.Module):
     the original Transformer. ``qk_norm(head_width)``, when given, normalizes every head's
     queries and keys (see :class:`normlib.book.models.gpt.CausalSelfAttention`).
     Used in ``chapters/04_rms_norm.ipynb``, ``chapters/09_norm_placement.ipynb`` and
-    ``chapters/11_ngpt.ipynb``."""
+    ``chapters/12_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
