@@ -24,6 +24,7 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "AdaIN",
+    "ScaleNorm",
     "DyT",
 ]
 
@@ -370,6 +371,37 @@ class AdaIN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
+
+
+class ScaleNorm(nn.Module):
+    """ScaleNorm (Nguyen & Salazar 2019): ``scale * x / max(||x||, eps)`` over the last axis,
+    with one learned scalar ``scale`` initialized at ``sqrt(normalized_shape)`` (or
+    ``scale_init``), so that a fresh ScaleNorm computes what a fresh RMSNorm does, up to
+    ``eps``. The parameter is a 0-dimensional tensor named ``scale``, as in the authors'
+    ``ScaleNorm``, whose state dict loads as is. ``normalized_shape`` is the feature count, or
+    LayerNorm's one-element tuple of it, so ``ScaleNorm`` can stand wherever a
+    ``LayerNorm(width)`` is built. Derived in ``chapters/10_attention_norms.ipynb``."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, scale_init: float | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        shape = V.normalized_shape_tuple(normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"normalized_shape: expected the number of features (an int or a one-element "
+                             f"tuple), got {normalized_shape!r}")
+        V.check_eps(eps)
+        if scale_init is not None:
+            V.check_number(scale_init, "scale_init")
+        self.normalized_shape, self.eps = shape[0], eps
+        self.scale_init = shape[0] ** 0.5 if scale_init is None else float(scale_init)
+        self.scale = nn.Parameter(torch.tensor(self.scale_init, device=device, dtype=dtype))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        V.check_trailing_shape(input, (self.normalized_shape,))
+        return NF.scale_norm(input, self.scale, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, scale_init={self.scale_init:.4g}"
 
 
 class DyT(nn.Module):

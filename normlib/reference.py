@@ -26,7 +26,7 @@ import torch.nn.functional as TF
 from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dtype
 
 __all__ = ["standardize", "batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
-           "instance_norm", "local_response_norm", "adain", "l2_normalize", "dyt"]
+           "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -164,6 +164,14 @@ def l2_normalize(x, dim=-1, eps=1e-12) -> torch.Tensor:
     xs = x.to(stats_dtype(x.dtype))
     norm = torch.linalg.vector_norm(xs, dim=dim, keepdim=True)
     return (xs / norm.clamp_min(eps)).to(x.dtype)
+
+
+def scale_norm(input, scale, eps=1e-5) -> torch.Tensor:
+    """ScaleNorm, ``g * x / max(||x||, eps)`` over the last axis with one scalar ``g``
+    (``scale``): an L2 normalization to a learned length. Computed in float32 for half-precision
+    inputs and rounded once. Derived in ``chapters/10_attention_norms.ipynb``."""
+    xs = input.to(stats_dtype(input.dtype))
+    return (scale.to(xs.dtype) * l2_normalize(xs, -1, eps)).to(input.dtype)
 
 
 def dyt(input, alpha, weight=None, bias=None, channels_last=True) -> torch.Tensor:

@@ -181,6 +181,7 @@ def test_gradcheck_every_function():
     gradcheck(lambda c, s: NF.adain(c, s), x, torch.randn(3, 4, 2, 5))
     gradcheck(lambda c, m, s: NF.adain(c, (m, s)), x, torch.randn(3, 4), torch.rand(3, 4) + 0.5)
     gradcheck(lambda x: NF.l2_normalize(x, dim=1), x)
+    gradcheck(lambda x, g: NF.scale_norm(x, g), x, torch.tensor(1.3))
     gradcheck(lambda x, a, w, b: NF.dyt(x, a, w, b), x, torch.tensor([0.7]), torch.randn(2), torch.randn(2))
     gradcheck(lambda x, a, w, b: NF.dyt(x, a, w, b, channels_last=False), x, torch.tensor([0.7]), w, b)
 
@@ -254,6 +255,10 @@ BAD = [
     (lambda: NF.adain(x4, (torch.zeros(2, 4), [1.0])), TypeError, "style[1] (std): expected a torch.Tensor"),
     (lambda: NF.local_response_norm(x4, 0), ValueError, "size: expected a positive integer"),
     (lambda: NF.l2_normalize(x4, dim=4), ValueError, "dim: expected an int in [-4, 3]"),
+    (lambda: NF.scale_norm(x4, 2.0), TypeError, "scale: expected a torch.Tensor with one element, got float"),
+    (lambda: NF.scale_norm(x4, torch.ones(3)), ValueError, "scale: expected a floating-point tensor with one element"),
+    (lambda: NF.scale_norm(x4, torch.ones(1), eps=0), ValueError, "eps: expected a positive finite number"),
+    (lambda: NF.scale_norm(x4, torch.ones(1, device="meta")), ValueError, "scale: expected a tensor on cpu"),
     (lambda: NF.dyt(x4, 0.5), TypeError, "alpha: expected a torch.Tensor with one element, got float"),
     (lambda: NF.dyt(x4, torch.ones(2)), ValueError, "alpha: expected a floating-point tensor with one element"),
     (lambda: NF.dyt(x4, torch.ones(1), torch.ones(4)), ValueError, "weight: expected shape (3,)"),

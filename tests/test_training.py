@@ -9,7 +9,7 @@ import normlib.functional as NF
 from normlib import nn
 from normlib.book import backward, quadratic
 from normlib.book.models import MLP, ShiftingNoise, SmallCNN
-from normlib.book.train import History, accuracy, fit, minibatches, seed_everything
+from normlib.book.train import History, accuracy, fit, learning_rate_sensitivity, minibatches, seed_everything
 
 
 def test_hand_derived_batch_norm_backward_matches_autograd():
@@ -378,3 +378,14 @@ def test_seed_range_and_spread_table():
                                   "| gap | 0.50 | -0.25 | 0.12 | -0.25 | 0.50 |"]
     with pytest.raises(ValueError, match=r"results\['gap'\] has 1 values for 2 seeds"):
         spread_table({"gap": [0.5]}, [0, 1])
+
+
+def test_learning_rate_sensitivity_caps_diverged_runs_at_the_initial_loss():
+    # capped: 2, 2.5, 4 (nan), 4 (inf), 4 (above the initial loss); best 2
+    losses = [2.0, 2.5, float("nan"), float("inf"), 9.0]
+    assert learning_rate_sensitivity(losses, initial_loss=4.0) == pytest.approx((0 + 0.5 + 2 + 2 + 2) / 5)
+    assert learning_rate_sensitivity([3.0, 3.0], initial_loss=4.0) == 0.0
+    with pytest.raises(ValueError, match="final_losses: expected a non-empty sequence"):
+        learning_rate_sensitivity([], initial_loss=4.0)
+    with pytest.raises(ValueError, match="initial_loss: expected a number"):
+        learning_rate_sensitivity([1.0], initial_loss=float("nan"))

@@ -23,7 +23,7 @@ from normlib import _validation as V
 from normlib.book import processes
 
 __all__ = ["seed_everything", "minibatches", "History", "fit", "warmup_cosine", "weight_decay_groups", "accuracy",
-           "next_token_loss"]
+           "next_token_loss", "learning_rate_sensitivity"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -254,3 +254,17 @@ def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) 
     """Mean cross-entropy of a language model's ``(N, T, vocab)`` logits against ``(N, T)`` targets."""
     inputs, targets = batch
     return torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+
+
+def learning_rate_sensitivity(final_losses: Sequence[float], initial_loss: float) -> float:
+    """Wortsman et al.'s (2024) learning-rate sensitivity of a sweep over log-spaced learning
+    rates: the mean over the runs of ``min(loss, initial_loss) - best``, where ``best`` is the
+    lowest final loss of the sweep. A run that diverged (a non-finite loss) or ended above the
+    loss at initialization counts as the loss at initialization. Zero when every learning rate
+    does equally well. Used in ``chapters/10_attention_norms.ipynb``."""
+    V.check_number(initial_loss, "initial_loss")
+    losses = np.asarray(final_losses, dtype=float)
+    if losses.ndim != 1 or losses.size == 0:
+        raise ValueError(f"final_losses: expected a non-empty sequence of numbers, got shape {losses.shape}")
+    capped = np.where(np.isfinite(losses), np.minimum(losses, initial_loss), initial_loss)
+    return float(np.mean(capped - capped.min()))

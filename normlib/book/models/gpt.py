@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as TF
 from torch import nn
 
+from normlib.functional import l2_normalize
 from normlib.nn import LayerNorm
 
 
@@ -32,7 +33,7 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused query/key/value projection.
     ``qk_norm(head_width)``, when given, builds a norm applied to every head's queries and keys
     over the head dimension before the rotary encoding (QK-norm: Henry et al. 2020, Dehghani
-    et al. 2023, Wortsman et al. 2023); the softmax keeps its ``1/sqrt(head_width)`` scale."""
+    et al. 2023, Wortsman et al. 2024); the softmax keeps its ``1/sqrt(head_width)`` scale."""
 
     def __init__(self, width: int, heads: int, rotary_positions: bool = False,
                  qk_norm: Callable[[int], nn.Module] | None = None):
@@ -175,12 +176,17 @@ class GPT(nn.Module):
     so ``"post"`` and ``"deepnorm"`` have no final norm (``self.norm`` is the identity), as in
     the original Transformer. ``qk_norm(head_width)``, when given, normalizes every head's
     queries and keys (see :class:`normlib.book.models.gpt.CausalSelfAttention`).
-    Used in ``chapters/04_rms_norm.ipynb``, ``chapters/09_norm_placement.ipynb`` and
-    ``chapters/12_ngpt.ipynb``."""
+    ``fixnorm=True`` fixes the length of the word vectors (FixNorm, Nguyen & Chiang 2018, as
+    Nguyen & Salazar 2019 use it): the token embeddings enter at length ``sqrt(width)`` and the
+    read-out's rows at length 1, so a logit is the final hidden state's length times a cosine;
+    unlike the authors' model, input and output embeddings stay untied.
+    Used in ``chapters/04_rms_norm.ipynb``, ``chapters/09_norm_placement.ipynb``,
+    ``chapters/10_attention_norms.ipynb`` and ``chapters/12_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
-                 placement: str = "pre", init: str = "normal", qk_norm: Callable[[int], nn.Module] | None = None):
+                 placement: str = "pre", init: str = "normal", qk_norm: Callable[[int], nn.Module] | None = None,
+                 fixnorm: bool = False):
         super().__init__()
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions: expected 'learned' or 'rotary', got {positions!r}")
@@ -190,7 +196,9 @@ class GPT(nn.Module):
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
         if init not in ("normal", "xavier"):
             raise ValueError(f"init: expected 'normal' or 'xavier', got {init!r}")
-        self.context, self.placement = context, placement
+        if not isinstance(fixnorm, bool):
+            raise TypeError(f"fixnorm: expected a bool, got {type(fixnorm).__name__}")
+        self.context, self.placement, self.fixnorm = context, placement, fixnorm
         self.token = nn.Embedding(vocab_size, width)
         if positions == "learned":
             self.position = nn.Embedding(context, width)
@@ -220,6 +228,8 @@ class GPT(nn.Module):
         """The residual stream after the embedding and after each block, ``(N, T, width)`` each."""
         check_token_ids(ids, self.context)
         x = self.token(ids)
+        if self.fixnorm:
+            x = l2_normalize(x) * x.shape[-1] ** 0.5
         if hasattr(self, "position"):
             x = x + self.position(torch.arange(ids.shape[1], device=ids.device))
         states = [x]
@@ -228,7 +238,8 @@ class GPT(nn.Module):
         return states
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.hidden_states(ids)[-1]))
+        h = self.norm(self.hidden_states(ids)[-1])
+        return TF.linear(h, l2_normalize(self.head.weight)) if self.fixnorm else self.head(h)
 
 
 def check_token_ids(ids: torch.Tensor, context: int) -> None:
@@ -251,7 +262,7 @@ def mlp_output_gradient_norms(model: GPT, ids: torch.Tensor, targets: torch.Tens
 def max_attention_logits(model: GPT, ids: torch.Tensor) -> list[float]:
     """The largest scaled attention logit ``q . k / sqrt(head_width)`` of each block on a batch
     of token ids, first block first: the quantity whose growth at a high learning rate makes
-    attention collapse onto one key (Dehghani et al. 2023; Wortsman et al. 2023)."""
+    attention collapse onto one key (Dehghani et al. 2023; Wortsman et al. 2024)."""
     inputs = []
     hooks = [block.attention.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
              for block in model.blocks]
