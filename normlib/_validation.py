@@ -127,6 +127,16 @@ def normalized_shape_tuple(normalized_shape) -> tuple[int, ...]:
     return shape
 
 
+def single_size(normalized_shape, what: str) -> int:
+    """The one size of a layer that normalizes over one axis: an int, or LayerNorm's
+    one-element tuple of it (so a LayerNorm's ``normalized_shape`` can be passed on)."""
+    shape = normalized_shape_tuple(normalized_shape)
+    if len(shape) != 1:
+        raise ValueError(f"normalized_shape: expected the number of {what} (an int or a one-element "
+                         f"tuple), got {normalized_shape!r}")
+    return shape[0]
+
+
 def check_trailing_shape(x: torch.Tensor, shape: tuple[int, ...]) -> None:
     if x.shape[-len(shape):] != shape or x.dim() < len(shape):
         raise ValueError(

@@ -385,15 +385,12 @@ class ScaleNorm(nn.Module):
     def __init__(self, normalized_shape, eps: float = 1e-5, scale_init: float | None = None,
                  device=None, dtype=None):
         super().__init__()
-        shape = V.normalized_shape_tuple(normalized_shape)
-        if len(shape) != 1:
-            raise ValueError(f"normalized_shape: expected the number of features (an int or a one-element "
-                             f"tuple), got {normalized_shape!r}")
+        features = V.single_size(normalized_shape, "features")
         V.check_eps(eps)
         if scale_init is not None:
             V.check_number(scale_init, "scale_init")
-        self.normalized_shape, self.eps = shape[0], eps
-        self.scale_init = shape[0] ** 0.5 if scale_init is None else float(scale_init)
+        self.normalized_shape, self.eps = features, eps
+        self.scale_init = features**0.5 if scale_init is None else float(scale_init)
         self.scale = nn.Parameter(torch.tensor(self.scale_init, device=device, dtype=dtype))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -419,11 +416,7 @@ class DyT(nn.Module):
     def __init__(self, normalized_shape, channels_last: bool = True, alpha_init_value: float = 0.5,
                  device=None, dtype=None):
         super().__init__()
-        shape = V.normalized_shape_tuple(normalized_shape)
-        if len(shape) != 1:
-            raise ValueError(f"normalized_shape: expected the number of channels (an int or a one-element "
-                             f"tuple), got {normalized_shape!r}")
-        normalized_shape = shape[0]
+        normalized_shape = V.single_size(normalized_shape, "channels")
         V.check_number(alpha_init_value, "alpha_init_value")
         self.normalized_shape, self.channels_last = normalized_shape, channels_last
         self.alpha_init_value = alpha_init_value
