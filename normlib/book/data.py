@@ -153,7 +153,7 @@ def unigram_loss(train_targets: torch.Tensor, val_targets: torch.Tensor, vocab_s
     """The cross-entropy, in nats per token, of ``val_targets`` under the token frequencies of
     ``train_targets`` (add-one smoothed, so no token has probability 0): the loss of a language
     model that has learned the frequencies and nothing else, the level a collapsed run sits at.
-    Used in ``chapters/09_norm_placement.ipynb`` and ``chapters/11_dyt.ipynb``."""
+    Used in ``chapters/10_norm_placement.ipynb`` and ``chapters/12_dyt.ipynb``."""
     counts = torch.bincount(train_targets.flatten().cpu(), minlength=vocab_size)
     if counts.numel() != vocab_size:
         raise ValueError(f"vocab_size: expected more than the largest token id, got {vocab_size}")
