@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 __all__ = ["data_dir", "data_path", "load_mnist", "load_shakespeare", "CharTokenizer", "language_model_windows",
-           "shakespeare_language_model", "unigram_loss", "DataError", "PHOTOS", "load_photo", "random_crops"]
+           "shakespeare_language_model", "unigram_loss", "DataError", "PHOTOS", "load_photo", "random_crops",
+           "multitask_regression"]
 
 SHA256 = {
     "mnist10k.npz": "f1a23f2fb1a1c97bb00a811807ddd50a888dbcdcdead94147993273c22ee3f37",
@@ -219,3 +220,29 @@ def random_crops(images: list[torch.Tensor], n: int, size: int, generator: torch
             crop = crop.flip(-1)
         crops.append(crop)
     return torch.stack(crops)
+
+
+def multitask_regression(sigmas, train_size: int, test_size: int, seed: int, inputs: int = 250,
+                         outputs: int = 100):
+    """GradNorm's toy multitask problem (Chen et al. 2018), generated: task ``i`` maps
+    ``x`` to ``sigma_i * tanh((B + eps_i) x / (10 sqrt(inputs)))``, with ``B`` shared by the
+    tasks, entries N(0, 10^2), and ``eps_i`` its own, entries N(0, 3.5^2). The paper does not
+    give the inputs' distribution; ours are standard normal, and the division by
+    ``10 sqrt(inputs)`` keeps the tanh's argument near unit scale (unscaled, it saturates into
+    a sign, which the paper's four-layer network cannot fit in our budget). The tasks share
+    most of their structure and differ in scale by ``sigma_i``, so their losses differ by
+    ``sigma_i^2``. Returns ``((x_train, y_train), (x_test, y_test))``, targets of shape
+    ``(N, tasks, outputs)``. Used in ``chapters/09_gradnorm.ipynb``."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+    if sigmas.dim() != 1 or sigmas.numel() == 0 or not (sigmas > 0).all():
+        raise ValueError(f"sigmas: expected a non-empty sequence of positive scales, got {sigmas.tolist()}")
+    g = torch.Generator().manual_seed(seed)
+    shared = 10.0 * torch.randn(outputs, inputs, generator=g)
+    maps = shared + 3.5 * torch.randn(len(sigmas), outputs, inputs, generator=g)
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, inputs, generator=g)
+        arguments = torch.einsum("ni,toi->nto", x, maps) / (10.0 * inputs**0.5)
+        return x, sigmas[:, None] * torch.tanh(arguments)
+
+    return sample(train_size), sample(test_size)

@@ -86,3 +86,32 @@ class ShiftingNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_shift={self.max_shift}, scale_range={self.scale_range}"
+
+
+class MultitaskMLP(nn.Module):
+    """A shared trunk of ``depth`` fully connected ReLU layers of width ``hidden`` and one
+    linear head per task: GradNorm's toy network (Chen et al. 2018: four layers of 100 units).
+    ``forward`` returns ``(N, tasks, outputs)``; :meth:`task_losses` the mean squared error of
+    each task, shape ``(tasks,)``; :attr:`shared` the last shared layer's weight, where GradNorm
+    measures each task's pull. Used in ``chapters/09_gradnorm.ipynb``."""
+
+    def __init__(self, inputs: int, outputs: int, tasks: int, hidden: int = 100, depth: int = 4):
+        super().__init__()
+        for value, name in ((inputs, "inputs"), (outputs, "outputs"), (tasks, "tasks"), (hidden, "hidden"),
+                            (depth, "depth")):
+            V.check_positive_int(value, name)
+        sizes = [inputs] + [hidden] * depth
+        self.trunk = nn.Sequential(*(layer for a, b in zip(sizes, sizes[1:]) for layer in (nn.Linear(a, b), nn.ReLU())))
+        self.heads = nn.ModuleList(nn.Linear(hidden, outputs) for _ in range(tasks))
+
+    @property
+    def shared(self) -> nn.Parameter:
+        return self.trunk[-2].weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        return torch.stack([head(h) for head in self.heads], dim=1)
+
+    def task_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each task's mean squared error against targets ``y`` of shape ``(N, tasks, outputs)``."""
+        return ((self(x) - y) ** 2).mean(dim=(0, 2))
