@@ -5,11 +5,8 @@ With task losses ``L_i(t)`` and weights ``w_i(t)`` (starting at 1), the network 
 ``sum_i w_i L_i``. At a shared weight ``W`` (the last shared layer), task ``i`` pulls with
 ``G_i = ||grad_W w_i L_i|| = |w_i| ||grad_W L_i||``. A task that has learned little, relative to
 its loss at step 0 (``r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0))`` above 1), should pull
-harder: the weights descend
-
-    L_grad = sum_i | G_i - mean_j(G_j) * r_i ** alpha |,
-
-with the target ``mean_j(G_j) r_i^alpha`` held constant, and are then rescaled to sum to the
+harder: the weights descend ``L_grad = sum_i |G_i - mean_j(G_j) r_i^alpha|``, with the
+target ``mean_j(G_j) r_i^alpha`` held constant, and are then rescaled to sum to the
 number of tasks. ``alpha`` sets how strongly the training rates are evened out (0: equal
 gradient norms). As in the paper, nothing keeps a weight positive: a weight learning rate
 comparable to the smallest weight can push it through zero.
