@@ -74,6 +74,16 @@ def check_same_device(x: torch.Tensor, name: str, like: torch.Tensor, like_name:
         raise ValueError(f"{name}: expected a tensor on {like.device} like {like_name}, got one on {x.device}")
 
 
+def check_scalar_param(p, name: str, like: torch.Tensor) -> None:
+    """A learned scalar: a floating-point tensor with one element, on the input's device."""
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor with one element, got {type(p).__name__}")
+    if p.numel() != 1 or p.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating-point tensor with one element, got shape "
+                         f"{tuple(p.shape)} and dtype {p.dtype}")
+    check_same_device(p, name, like)
+
+
 def check_param(p, name: str, shape: Sequence[int], like: torch.Tensor) -> None:
     """An optional per-feature tensor (weight, bias, running statistics) matching ``like``."""
     if p is None:

@@ -492,16 +492,6 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     return reference.l2_normalize(x, dim, eps)
 
 
-def _check_scalar_param(p, name: str, like: torch.Tensor) -> None:
-    """A learned scalar: a floating-point tensor with one element, on the input's device."""
-    if not isinstance(p, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor with one element, got {type(p).__name__}")
-    if p.numel() != 1 or p.dtype not in V.FLOAT_DTYPES:
-        raise ValueError(f"{name}: expected a floating-point tensor with one element, got shape "
-                         f"{tuple(p.shape)} and dtype {p.dtype}")
-    V.check_same_device(p, name, like)
-
-
 def scale_norm(input: torch.Tensor, scale: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """ScaleNorm (Nguyen & Salazar 2019), ``scale * input / max(||input||, eps)`` over the last
     axis: every vector is projected onto the sphere of radius ``scale``, one learned scalar.
@@ -514,7 +504,7 @@ def scale_norm(input: torch.Tensor, scale: torch.Tensor, eps: float = 1e-5) -> t
     Derived in ``chapters/11_attention_norms.ipynb``.
     """
     V.check_tensor(input, "input")
-    _check_scalar_param(scale, "scale", input)
+    V.check_scalar_param(scale, "scale", input)
     V.check_eps(eps)
     return reference.scale_norm(input, scale, eps)
 
@@ -537,7 +527,7 @@ def dyt(
     Derived in ``chapters/12_dyt.ipynb``.
     """
     V.check_tensor(input, "input", min_dim=1 if channels_last else 2)
-    _check_scalar_param(alpha, "alpha", input)
+    V.check_scalar_param(alpha, "alpha", input)
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
     features = (input.shape[-1] if channels_last else input.shape[1],)
