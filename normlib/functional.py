@@ -31,6 +31,7 @@ from normlib import kernels, reference
 __all__ = [
     "batch_norm",
     "ghost_batch_norm",
+    "mean_only_batch_norm",
     "mixed_batch_norm",
     "batch_group_norm",
     "layer_norm",
@@ -150,6 +151,35 @@ def batch_norm(
         reference._update_running(running_var, reference._unbiased(var, count), momentum)
         return y
     return reference.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def mean_only_batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+) -> torch.Tensor:
+    """Mean-only batch normalization (Salimans & Kingma 2016): ``y = x - mu + beta`` per
+    channel of an ``(N, C, *)`` input, where ``mu`` is the mean over the batch and positions in
+    training mode (and ``running_mean``, if given, is updated in place as in
+    :func:`batch_norm`) and ``running_mean`` in evaluation mode. Nothing is divided: it is the
+    companion of weight normalization, which fixes the scale of each unit's weights, while
+    this removes the mean shift that weight normalization leaves. The mean is taken in float32
+    for half-precision inputs; an empty batch gives an empty result.
+
+    Derived in ``chapters/09_weight_norm.ipynb``.
+    """
+    V.check_momentum(momentum)
+    V.check_tensor(input, "input", min_dim=2)
+    V.check_per_channel(input, running_mean=running_mean, bias=bias)
+    if not isinstance(training, bool):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if training:
+        V.check_values_per_channel(input, input.numel() // input.shape[1] if input.shape[1] else 0)
+    elif running_mean is None:
+        raise ValueError("running_mean: expected a tensor in evaluation mode (training=False), got None")
+    return reference.mean_only_batch_norm(input, running_mean, bias, training, momentum)
 
 
 def ghost_batch_norm(
@@ -534,3 +564,4 @@ def dyt(
     V.check_param(weight, "weight", features, input)
     V.check_param(bias, "bias", features, input)
     return reference.dyt(input, alpha, weight, bias, channels_last)
+

@@ -17,6 +17,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "SyncBatchNorm",
+    "MeanOnlyBatchNorm",
     "BatchGroupNorm",
     "LayerNorm",
     "RMSNorm",
@@ -145,6 +146,35 @@ class BatchNorm2d(_BatchNorm):
     :class:`torch.nn.BatchNorm2d`. Derived in ``chapters/02_batch_norm.ipynb``."""
 
     _input_dims = (4,)
+
+
+class MeanOnlyBatchNorm(nn.Module):
+    """Mean-only batch normalization (Salimans & Kingma 2016): ``x - mu + bias`` per channel of
+    an ``(N, C, *)`` input, ``mu`` the batch mean in training and a running mean (updated with
+    ``momentum``, as in :class:`BatchNorm2d`) in evaluation. Meant to follow a layer under
+    :func:`normlib.spectral.weight_norm`. Buffers and parameter are named as in ``BatchNorm``
+    (``running_mean``, ``num_batches_tracked``, ``bias``), without a weight or a variance.
+    Derived in ``chapters/09_weight_norm.ipynb``."""
+
+    def __init__(self, num_features: int, momentum: float = 0.1, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        V.check_positive_int(num_features, "num_features")
+        V.check_momentum(momentum)
+        self.num_features, self.momentum = num_features, momentum
+        factory = {"device": device, "dtype": dtype}
+        self.register_parameter("bias", nn.Parameter(torch.zeros(num_features, **factory)) if bias else None)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        V.check_tensor(input, "input", min_dim=2)
+        V.check_channels(input, self.num_features)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return NF.mean_only_batch_norm(input, self.running_mean, self.bias, self.training, self.momentum)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, momentum={self.momentum}, bias={self.bias is not None}"
 
 
 class SyncBatchNorm(_PerChannelNorm):
@@ -431,3 +461,4 @@ class DyT(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, channels_last={self.channels_last}, "
                 f"alpha_init_value={self.alpha_init_value}")
+

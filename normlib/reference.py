@@ -25,7 +25,7 @@ import torch.nn.functional as TF
 
 from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dtype
 
-__all__ = ["standardize", "batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
+__all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt"]
 
 
@@ -75,6 +75,21 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             _update_running(running_mean, mean.flatten(), momentum)
             _update_running(running_var, _unbiased(var.flatten(), count), momentum)
     return _affine(y, weight, bias, view).to(input.dtype)
+
+
+def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentum=0.1) -> torch.Tensor:
+    """Mean-only batch normalization of ``(N, C, *)``: ``x - mu + beta`` per channel, with the
+    batch mean in training (the running mean updated) and the running mean in evaluation; no
+    division by a standard deviation. Derived in ``chapters/09_weight_norm.ipynb``."""
+    view = lambda p: per_channel(p, input.dim())  # noqa: E731
+    xs = input.to(stats_dtype(input.dtype))
+    if training:
+        mean = xs.mean(dim=batch_axes(input.dim()), keepdim=True) if xs.numel() else 0.0
+        if xs.numel():
+            _update_running(running_mean, mean.flatten(), momentum)
+    else:
+        mean = view(running_mean.to(xs.dtype))
+    return _affine(xs - mean, None, bias, view).to(input.dtype)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
@@ -183,3 +198,4 @@ def dyt(input, alpha, weight=None, bias=None, channels_last=True) -> torch.Tenso
     y = torch.tanh(alpha.to(xs.dtype) * xs)
     view = (lambda p: p) if channels_last else (lambda p: per_channel(p, input.dim()))
     return _affine(y, weight, bias, view).to(input.dtype)
+

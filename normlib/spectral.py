@@ -1,11 +1,12 @@
 """Weight re-parametrizations: spectral normalization (Miyato et al. 2018), with its power
-iteration, and weight normalization (Salimans & Kingma 2016), its usual point of comparison.
+iteration, and weight normalization (Salimans & Kingma 2016), with its data-dependent
+initialization.
 
 ``W_SN = W / sigma(W)`` where ``sigma(W)`` is the largest singular value, estimated by
 power iteration with a persistent vector (one step per training forward pass, re-using the
 previous step's vectors: the "memoization" that makes it cheap).
 
-Derived in ``chapters/08_spectral_norm.ipynb``.
+Derived in ``chapters/08_spectral_norm.ipynb`` and ``chapters/09_weight_norm.ipynb``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from normlib import _validation as V
 
-__all__ = ["power_iteration", "spectral_norm", "spectral_norm_estimates", "weight_norm"]
+__all__ = ["power_iteration", "spectral_norm", "spectral_norm_estimates", "weight_norm", "data_dependent_init_"]
 
 _INIT_ITERATIONS = 15  # at registration, so sigma is already accurate at the first forward
 
@@ -171,10 +172,99 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
     Same state-dict keys (``parametrizations.<name>.original0`` for ``g``, ``original1`` for
     ``v``) as :func:`torch.nn.utils.parametrizations.weight_norm`.
 
-    Compared with spectral normalization in ``chapters/08_spectral_norm.ipynb``.
+    Derived in ``chapters/09_weight_norm.ipynb``; compared with spectral normalization in
+    ``chapters/08_spectral_norm.ipynb``. :func:`data_dependent_init_` sets ``g`` and the bias
+    from a batch of data.
     """
     weight = _tensor_to_parametrize(module, name)
     if dim is not None and not (isinstance(dim, int) and -weight.dim() <= dim < weight.dim()):
         raise ValueError(f"dim: expected None or an int in [{-weight.dim()}, {weight.dim() - 1}], got {dim!r}")
     parametrize.register_parametrization(module, name, _WeightNorm(dim), unsafe=True)
     return module
+
+
+_UNIT_AXIS = {nn.Linear: -1, nn.Conv1d: 1, nn.Conv2d: 1, nn.Conv3d: 1}  # where a layer's outputs keep their units
+
+
+def _unit_axis(module: nn.Module) -> int | None:
+    # isinstance, not type: a parametrized layer's class is a subclass made at registration
+    return next((axis for cls, axis in _UNIT_AXIS.items() if isinstance(module, cls)), None)
+
+
+def _weight_normalized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    layers = []
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        norms = [p for p in module.parametrizations.weight if isinstance(p, _WeightNorm)]
+        if not norms:
+            continue
+        if _unit_axis(module) is None or norms[0].dim is None or norms[0].dim % module.weight.dim() != 0:
+            raise ValueError(f"model: expected weight normalization per output unit (dim=0) of Linear or "
+                             f"ConvNd layers, got {type(module).__name__} {name!r} with dim={norms[0].dim}")
+        layers.append((name, module))
+    return layers
+
+
+def data_dependent_init_(model: nn.Module, *inputs, init_scale: float = 1.0, eps: float = 1e-10) -> nn.Module:
+    """Salimans & Kingma's data-dependent initialization of every layer of ``model`` under
+    :func:`weight_norm` (per output unit): one forward pass of ``model(*inputs)`` in which each
+    such layer, in the order the pass reaches it, rescales its gains ``g`` and shifts its bias
+    so that each of its output units has mean 0 and standard deviation ``init_scale`` over the
+    batch (and positions, for convolutions). A layer without a bias (one followed by a
+    mean-only batch norm) gets the scale only. The pass continues with the re-initialized
+    outputs, so each layer sees its inputs as the layers below it now produce them.
+
+    In formulas, with ``t`` a unit's current output, mean ``mu`` and standard deviation
+    ``sigma`` over the batch: ``g <- g * s`` and ``b <- (b - mu) * s`` with
+    ``s = init_scale / sqrt(sigma^2 + eps)``, so the new output is ``(t - mu) * s``. The
+    paper's rule (``g = 1 / sigma``, ``b = -mu / sigma`` for ``t = v.x / ||v||``) is the case
+    ``g = 1``, ``b = 0`` before the call.
+
+    The pass runs without gradients in the model's current mode; buffers (a batch norm's
+    running statistics) are restored afterwards, and everything if the pass fails. Returns
+    ``model``.
+
+    Derived in ``chapters/09_weight_norm.ipynb``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    V.check_number(init_scale, "init_scale", 0, open_low=True)
+    V.check_eps(eps)
+    layers = _weight_normalized_layers(model)
+    if not layers:
+        raise ValueError(f"model: expected at least one layer under weight_norm, got none in {type(model).__name__}")
+
+    def initialize(name):
+        def hook(module, args, output):
+            axis = _unit_axis(module) % output.dim()
+            units = output.shape[axis]
+            if output.numel() // max(units, 1) < 2:
+                raise ValueError(f"inputs: expected more than one value per unit at layer {name!r} "
+                                 f"(output shape {tuple(output.shape)})")
+            dims = [d for d in range(output.dim()) if d != axis]
+            t = output.to(V.stats_dtype(output.dtype))
+            var, mean = torch.var_mean(t, dim=dims, keepdim=True, correction=0)
+            scale = init_scale * torch.rsqrt(var + eps)
+            g = module.parametrizations.weight.original0
+            g.mul_(scale.flatten().view_as(g).to(g.dtype))
+            if module.bias is None:
+                return (t * scale).to(output.dtype)
+            module.bias.sub_(mean.flatten().to(module.bias.dtype)).mul_(scale.flatten().to(module.bias.dtype))
+            return ((t - mean) * scale).to(output.dtype)
+        return hook
+
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    buffers = {name for name, _ in model.named_buffers()}
+    handles = [module.register_forward_hook(initialize(name)) for name, module in layers]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except BaseException:
+        model.load_state_dict(saved)  # a failed pass leaves the model as it found it
+        raise
+    finally:
+        for handle in handles:
+            handle.remove()
+    model.load_state_dict({name: saved[name] for name in buffers & saved.keys()}, strict=False)
+    return model
