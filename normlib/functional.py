@@ -44,6 +44,7 @@ __all__ = [
     "l2_normalize",
     "scale_norm",
     "dyt",
+    "weight_standardization",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -565,3 +566,21 @@ def dyt(
     V.check_param(bias, "bias", features, input)
     return reference.dyt(input, alpha, weight, bias, channels_last)
 
+
+def weight_standardization(weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Weight standardization (Qiao et al. 2019): each output channel's weights standardized
+    over its fan-in, ``(W[o] - mean(W[o])) / sqrt(var(W[o]) + eps)`` with the biased variance
+    (the numerics of timm's ``StdConv2d``; the authors' code divides by the unbiased standard
+    deviation plus 1e-5). ``weight`` has the output channels in dim 0 and at least two
+    dimensions (a ``Linear`` or ``Conv`` weight); the statistics are float32 for half-precision
+    weights, and an ``eps`` below the statistics dtype's smallest normal number (1.2e-38 for
+    float32) rounds to 0 there.
+
+    Derived in ``chapters/10_weight_standardization.ipynb``.
+    """
+    V.check_tensor(weight, "weight", min_dim=2)
+    V.check_eps(eps)
+    if weight.shape[0] and weight[0].numel() < 2:  # one value standardizes to 0 whatever it is
+        raise ValueError(f"weight: expected a fan-in of at least 2 values per output channel, got shape "
+                         f"{tuple(weight.shape)}")
+    return reference.weight_standardization(weight, eps)

@@ -27,6 +27,7 @@ __all__ = [
     "AdaIN",
     "ScaleNorm",
     "DyT",
+    "WSConv2d",
 ]
 
 
@@ -462,3 +463,34 @@ class DyT(nn.Module):
         return (f"{self.normalized_shape}, channels_last={self.channels_last}, "
                 f"alpha_init_value={self.alpha_init_value}")
 
+
+class WSConv2d(nn.Conv2d):
+    """A 2-D convolution with weight standardization (Qiao et al. 2019): every forward pass
+    convolves with :func:`normlib.functional.weight_standardization` of the stored weight, so
+    each output channel's filter has zero mean and unit variance over its fan-in. Meant to be
+    followed by a GroupNorm or BatchNorm.
+
+    Constructor as :class:`torch.nn.Conv2d` plus ``eps`` (default 1e-6, timm's; it is added to
+    the filter's variance, so it matters once filters are tiny: keep it well below their
+    variance). Parameter names ``weight`` and ``bias``, so the state dict of a ``Conv2d``, of
+    the authors' WS ``Conv2d`` or of timm's ``StdConv2d`` loads as is (build with
+    ``bias=False`` for timm's, which has no bias by default). The output is timm's; the
+    authors' layer divides by the unbiased standard deviation plus 1e-5, a factor
+    ``sqrt(n / (n - 1))`` away for a fan-in of ``n``. Derived in
+    ``chapters/10_weight_standardization.ipynb``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, eps: float = 1e-6):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        V.check_eps(eps)
+        if self.weight[0].numel() < 2:
+            raise ValueError(f"kernel_size: expected a fan-in (in_channels / groups * kernel area) of at least 2, "
+                             f"got {self.weight[0].numel()}")
+        self.eps = eps
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, NF.weight_standardization(self.weight, self.eps), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", eps={self.eps}"

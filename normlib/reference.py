@@ -26,7 +26,7 @@ import torch.nn.functional as TF
 from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dtype
 
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
-           "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt"]
+           "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -199,3 +199,14 @@ def dyt(input, alpha, weight=None, bias=None, channels_last=True) -> torch.Tenso
     view = (lambda p: p) if channels_last else (lambda p: per_channel(p, input.dim()))
     return _affine(y, weight, bias, view).to(input.dtype)
 
+
+def weight_standardization(weight, eps=1e-6) -> torch.Tensor:
+    """Each output channel's weights (``weight[o]``, over the fan-in ``C_in * k * k``)
+    standardized: ``(W - mu) / sqrt(sigma^2 + eps)`` with the biased variance, statistics in
+    float32 (or wider). Derived in ``chapters/10_weight_standardization.ipynb``."""
+    w = weight.to(stats_dtype(weight.dtype))
+    if w.numel() == 0:  # no filters: nothing to standardize
+        return weight.clone()
+    var, mean = torch.var_mean(w.flatten(1), dim=1, correction=0)
+    view = (-1,) + (1,) * (weight.dim() - 1)
+    return ((w - mean.view(view)) * torch.rsqrt(var.view(view) + eps)).to(weight.dtype)

@@ -22,19 +22,21 @@ class SmallCNN(nn.Module):
     ``(N, C, H, W)``) and ``fc_norm(width)`` that of the hidden layer (applied to ``(N, C)``:
     a layer without spatial extent, where a batch norm's statistics come from ``N`` values
     only). ``None`` leaves a layer unnormalized; a layer followed by a norm has no bias (the
-    norm's ``beta`` takes its place).
+    norm's ``beta`` takes its place). ``conv`` builds the convolutions, called like
+    ``nn.Conv2d(in_channels, out_channels, 5, bias=...)``: :class:`normlib.nn.WSConv2d` for
+    weight standardization.
 
     Derived in ``chapters/05_group_norm.ipynb``.
     """
 
     def __init__(self, conv_norm: NormFactory | None = None, fc_norm: NormFactory | None = None,
                  widths: tuple[int, int] = (16, 32), hidden: int = 64, in_channels: int = 1,
-                 image_size: int = 28, num_classes: int = 10):
+                 image_size: int = 28, num_classes: int = 10, conv: Callable[..., nn.Module] = nn.Conv2d):
         super().__init__()
         size = image_size
         stages = []
         for width in widths:
-            layers = [nn.Conv2d(in_channels, width, 5, bias=conv_norm is None)]
+            layers = [conv(in_channels, width, 5, bias=conv_norm is None)]
             layers += [conv_norm(width)] if conv_norm is not None else []
             stages.append(nn.Sequential(*layers, nn.ReLU(), nn.MaxPool2d(2)))
             in_channels, size = width, (size - 4) // 2
