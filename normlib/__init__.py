@@ -9,6 +9,7 @@ The library (what a model imports); imports flow one way, top to bottom:
 * :mod:`normlib.reference` readable implementations, what every other path is tested against;
 * :mod:`normlib.kernels` fused Triton kernels as ``torch.library`` ops (Triton imported on first use);
 * :mod:`normlib.spectral` spectral and weight normalization (parametrizations);
+* :mod:`normlib.clipping` adaptive gradient clipping (AGC), unit by unit relative to the weights;
 * :mod:`normlib.gradnorm` GradNorm, the loss weights of a multitask network balanced by the
   sizes of the tasks' gradients;
 * :mod:`normlib.distributed` the statistics of SyncBatchNorm across processes;
@@ -22,10 +23,10 @@ that derives it.
 
 import importlib
 
-from normlib import distributed, functional, gradnorm, kernels, nn, reference, spectral
+from normlib import clipping, distributed, functional, gradnorm, kernels, nn, reference, spectral
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "reference", "kernels", "spectral", "gradnorm", "distributed", "scaling", "__version__"]
+__all__ = ["functional", "nn", "reference", "kernels", "spectral", "clipping", "gradnorm", "distributed", "scaling", "__version__"]
 
 
 def __getattr__(name: str):

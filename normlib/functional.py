@@ -45,6 +45,7 @@ __all__ = [
     "scale_norm",
     "dyt",
     "weight_standardization",
+    "scaled_weight_standardization",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -584,3 +585,30 @@ def weight_standardization(weight: torch.Tensor, eps: float = 1e-6) -> torch.Ten
         raise ValueError(f"weight: expected a fan-in of at least 2 values per output channel, got shape "
                          f"{tuple(weight.shape)}")
     return reference.weight_standardization(weight, eps)
+
+
+def scaled_weight_standardization(weight: torch.Tensor, gain: torch.Tensor | None = None, gamma: float = 1.0,
+                                  eps: float = 1e-6) -> torch.Tensor:
+    """Scaled weight standardization (Brock et al. 2021, NF-ResNets): each output channel's
+    weights standardized over the fan-in as in :func:`weight_standardization`, then multiplied
+    by ``gain[o] * gamma / sqrt(fan_in)`` (timm's ``ScaledStdConv2d``). On inputs of zero mean,
+    unit variance and no correlation, each output then has variance ``(gain[o] * gamma)^2``;
+    ``gamma`` is the activation's correction (``sqrt(2 / (1 - 1/pi))`` = 1.7139 after a ReLU).
+    ``gain`` has one value per output channel in any shape (``(C_out,)`` or timm's
+    ``(C_out, 1, 1, 1)``), or is ``None``. Statistics in float32 for half-precision weights.
+
+    Derived in ``chapters/11_normalizer_free.ipynb``.
+    """
+    V.check_tensor(weight, "weight", min_dim=2)
+    V.check_eps(eps)
+    V.check_number(gamma, "gamma", low=0.0, open_low=True)
+    if weight.shape[0] and weight[0].numel() < 2:
+        raise ValueError(f"weight: expected a fan-in of at least 2 values per output channel, got shape "
+                         f"{tuple(weight.shape)}")
+    if gain is not None:
+        V.check_tensor(gain, "gain", min_dim=0)
+        V.check_same_device(gain, "gain", weight, "weight")
+        if gain.numel() != weight.shape[0]:
+            raise ValueError(f"gain: expected one value per output channel ({weight.shape[0]}), got shape "
+                             f"{tuple(gain.shape)}")
+    return reference.scaled_weight_standardization(weight, gain, gamma, eps)

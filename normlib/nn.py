@@ -28,6 +28,7 @@ __all__ = [
     "ScaleNorm",
     "DyT",
     "WSConv2d",
+    "ScaledStdConv2d",
 ]
 
 
@@ -494,3 +495,36 @@ class WSConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eps={self.eps}"
+
+
+class ScaledStdConv2d(WSConv2d):
+    """A 2-D convolution with the scaled weight standardization of NF-ResNets (Brock et al.
+    2021): every forward pass convolves with
+    :func:`normlib.functional.scaled_weight_standardization` of the stored weight, each filter
+    standardized over its fan-in and scaled by ``gain[o] * gamma / sqrt(fan_in)``. On
+    unit-variance inputs its outputs keep unit variance (times ``gain * gamma``), with no
+    normalization of the activations; ``gamma`` corrects for the activation in front of it
+    (``sqrt(2 / (1 - 1/pi))`` = 1.7139 after a ReLU).
+
+    Constructor as :class:`torch.nn.Conv2d` plus ``gamma`` (default 1), ``eps`` (default 1e-6)
+    and ``gain_init`` (default 1, the learnable ``gain`` of shape ``(C_out, 1, 1, 1)``).
+    Parameter names ``weight``, ``bias`` and ``gain``: the state dict of timm's
+    ``ScaledStdConv2d`` loads as is (timm pads to keep the size by default, this layer pads
+    as ``Conv2d`` does: pass ``padding``). Derived in ``chapters/11_normalizer_free.ipynb``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, gamma: float = 1.0, eps: float = 1e-6,
+                 gain_init: float = 1.0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype, eps=eps)
+        V.check_number(gamma, "gamma", low=0.0, open_low=True)
+        V.check_number(gain_init, "gain_init")
+        self.gamma, self.gain_init = gamma, gain_init
+        self.gain = nn.Parameter(torch.full((out_channels, 1, 1, 1), float(gain_init), device=device, dtype=dtype))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = NF.scaled_weight_standardization(self.weight, self.gain, self.gamma, self.eps)
+        return self._conv_forward(input, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gamma={self.gamma}, gain_init={self.gain_init}"

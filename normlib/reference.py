@@ -26,7 +26,8 @@ import torch.nn.functional as TF
 from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dtype
 
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
-           "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization"]
+           "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
+           "scaled_weight_standardization"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -204,9 +205,33 @@ def weight_standardization(weight, eps=1e-6) -> torch.Tensor:
     """Each output channel's weights (``weight[o]``, over the fan-in ``C_in * k * k``)
     standardized: ``(W - mu) / sqrt(sigma^2 + eps)`` with the biased variance, statistics in
     float32 (or wider). Derived in ``chapters/10_weight_standardization.ipynb``."""
+    return _standardize_filters(weight, eps)
+
+
+def scaled_weight_standardization(weight, gain=None, gamma=1.0, eps=1e-6) -> torch.Tensor:
+    """Scaled weight standardization of NF-ResNets: the standardized filter of
+    :func:`weight_standardization` times ``gain[o] * gamma / sqrt(fan_in)``, so that a filter
+    applied to unit-variance, uncorrelated inputs gives outputs of variance ``(gain * gamma)^2``.
+    ``gain`` holds one value per output channel (any shape with that many elements; ``None``
+    for 1), ``gamma`` undoes the activation's variance loss. Computed in float32 (or wider).
+    Derived in ``chapters/11_normalizer_free.ipynb``."""
+    if weight.numel() == 0:
+        return weight.clone()
+    factor = gamma / math.sqrt(weight[0].numel())
+    if gain is not None:
+        factor = factor * gain.to(stats_dtype(weight.dtype)).reshape(-1)
+    return _standardize_filters(weight, eps, factor)
+
+
+def _standardize_filters(weight, eps, factor=None) -> torch.Tensor:
+    """``(W[o] - mu[o]) / sqrt(var[o] + eps) * factor[o]`` (biased variance, float32 or wider),
+    cast back to the weight's dtype once at the end."""
     w = weight.to(stats_dtype(weight.dtype))
     if w.numel() == 0:  # no filters: nothing to standardize
         return weight.clone()
-    var, mean = torch.var_mean(w.flatten(1), dim=1, correction=0)
     view = (-1,) + (1,) * (weight.dim() - 1)
-    return ((w - mean.view(view)) * torch.rsqrt(var.view(view) + eps)).to(weight.dtype)
+    var, mean = torch.var_mean(w.flatten(1), dim=1, correction=0)
+    scale = torch.rsqrt(var + eps)
+    if factor is not None:
+        scale = scale * factor
+    return ((w - mean.view(view)) * scale.view(view)).to(weight.dtype)

@@ -278,6 +278,24 @@ def test_fit_stops_when_the_loss_diverges():
     assert history.diverged and history.steps < 200
 
 
+def test_fit_calls_before_step_between_backward_and_the_optimizer_step():
+    g = seed_everything(0)
+    x, y = torch.randn(64, 4), torch.randn(64)
+    model = torch.nn.Linear(4, 1)
+    start = model.weight.detach().clone()
+    seen = []
+
+    def before_step(m, step):  # the gradient exists and the weights have not moved yet
+        seen.append((step, m.weight.grad is not None, torch.equal(m.weight.detach(), start)))
+        m.weight.grad.zero_()
+
+    fit(model, (x, y), loss_fn=lambda m, b: ((m(b[0]).squeeze(1) - b[1]) ** 2).mean(),
+        optimizer=torch.optim.SGD([model.weight], lr=0.1), steps=3, batch_size=16, generator=g,
+        before_step=before_step, progress=False)
+    assert seen == [(1, True, True), (2, True, True), (3, True, True)]
+    assert torch.equal(model.weight.detach(), start)  # every gradient was zeroed before its step
+
+
 def test_minibatches_cover_the_data_each_epoch():
     data = (torch.arange(10),)
     batches = minibatches(data, 5, torch.Generator().manual_seed(0))

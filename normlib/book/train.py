@@ -107,6 +107,7 @@ def fit(
     generator: torch.Generator,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     eval_every: int = 0,
+    before_step: Callable[[nn.Module, int], None] | None = None,
     after_step: Callable[[nn.Module, int], None] | None = None,
     scheduler=None,
     progress: bool | str = True,
@@ -118,8 +119,9 @@ def fit(
     ``loss_fn(model, batch)`` returns the scalar loss of a mini-batch. ``evaluate(model)``
     (called in eval mode under ``torch.no_grad``, at step 0, every ``eval_every`` steps and
     at the end) returns metrics to record; each evaluation also records ``seconds``, the
-    training time so far (evaluations excluded). ``after_step(model, step)`` runs after each
-    optimizer step (nGPT re-normalizes its weights there).
+    training time so far (evaluations excluded). ``before_step(model, step)`` runs between the
+    backward pass and the optimizer step (gradient clipping goes there), ``after_step(model,
+    step)`` after the optimizer step (nGPT re-normalizes its weights there).
 
     Under ``torchrun --nproc_per_node K`` the same call trains data-parallel: the model is
     wrapped in ``DistributedDataParallel``, each process takes ``batch_size / K`` examples of
@@ -131,9 +133,10 @@ def fit(
     if processes.init_from_environment():
         with _synchronized_batch_norm(model, sync_batch_norm):
             return _fit(torch.nn.parallel.DistributedDataParallel(model), model, data, loss_fn, optimizer, steps,
-                        batch_size, generator, evaluate, eval_every, after_step, scheduler, progress, log_every)
+                        batch_size, generator, evaluate, eval_every, before_step, after_step, scheduler, progress,
+                        log_every)
     return _fit(model, model, data, loss_fn, optimizer, steps, batch_size, generator, evaluate, eval_every,
-                after_step, scheduler, progress, log_every)
+                before_step, after_step, scheduler, progress, log_every)
 
 
 @contextlib.contextmanager
@@ -153,8 +156,8 @@ def _synchronized_batch_norm(module: nn.Module, enabled: bool) -> Iterator[None]
             parent.add_module(name, child)
 
 
-def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, evaluate, eval_every, after_step,
-         scheduler, progress, log_every) -> History:
+def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, evaluate, eval_every, before_step,
+         after_step, scheduler, progress, log_every) -> History:
     """:func:`fit` proper: ``model`` is what the loss is computed with (the DDP wrapper in a
     distributed run), ``module`` the user's model."""
     from tqdm import tqdm  # a text bar: no widget dependency, works in a terminal and in Jupyter
@@ -192,6 +195,8 @@ def _fit(model, module, data, loss_fn, optimizer, steps, batch_size, generator, 
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if before_step is not None:
+            before_step(module, step)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -4,7 +4,8 @@ from normlib.book.models.cnn import SmallCNN
 from normlib.book.models.gpt import GPT
 from normlib.book.models.mlp import MLP, MultitaskMLP, ShiftingNoise
 from normlib.book.models.ngpt import NGPT
+from normlib.book.models.resnet import ResNet
 from normlib.book.models.rnn import CharLSTM
 from normlib.book.models.style import RandomEncoder, VGG19Encoder
 
-__all__ = ["MLP", "MultitaskMLP", "ShiftingNoise", "SmallCNN", "CharLSTM", "GPT", "NGPT", "VGG19Encoder", "RandomEncoder"]
+__all__ = ["MLP", "MultitaskMLP", "ShiftingNoise", "SmallCNN", "ResNet", "CharLSTM", "GPT", "NGPT", "VGG19Encoder", "RandomEncoder"]
