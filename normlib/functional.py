@@ -515,7 +515,7 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     The norm is computed in float32 for half-precision inputs. nGPT keeps every embedding,
     hidden state and weight row on the unit sphere with this function.
 
-    Derived in ``chapters/15_ngpt.ipynb``.
+    Derived in ``chapters/16_ngpt.ipynb``.
     """
     V.check_tensor(x, "x")
     V.check_eps(eps)
@@ -533,7 +533,7 @@ def scale_norm(input: torch.Tensor, scale: torch.Tensor, eps: float = 1e-5) -> t
     half-precision inputs. ``scale_norm(x, g) == rms_norm(x, weight=g / sqrt(d))`` up to where
     ``eps`` enters.
 
-    Derived in ``chapters/13_attention_norms.ipynb``.
+    Derived in ``chapters/14_attention_norms.ipynb``.
     """
     V.check_tensor(input, "input")
     V.check_scalar_param(scale, "scale", input)
@@ -556,7 +556,7 @@ def dyt(
     (``channels_last=False``, images ``(N, C, H, W)``), as in the authors' ``DynamicTanh``.
     Computed in float32 for half-precision inputs.
 
-    Derived in ``chapters/14_dyt.ipynb``.
+    Derived in ``chapters/15_dyt.ipynb``.
     """
     V.check_tensor(input, "input", min_dim=1 if channels_last else 2)
     V.check_scalar_param(alpha, "alpha", input)

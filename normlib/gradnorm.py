@@ -11,7 +11,7 @@ number of tasks. ``alpha`` sets how strongly the training rates are evened out (
 gradient norms). As in the paper, nothing keeps a weight positive: a weight learning rate
 comparable to the smallest weight can push it through zero.
 
-Derived in ``chapters/11_gradnorm.ipynb``.
+Derived in ``chapters/12_gradnorm.ipynb``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class GradNorm(nn.Module):
     ``W`` per task and no second derivative. The first call records ``L_i(0)``
     (``initial_losses``, a buffer: a checkpoint restores it). After each call,
     ``gradient_norms`` holds the ``G_i`` and ``targets`` their targets, for plotting.
-    Derived in ``chapters/11_gradnorm.ipynb``."""
+    Derived in ``chapters/12_gradnorm.ipynb``."""
 
     def __init__(self, num_tasks: int, alpha: float = 1.5):
         super().__init__()

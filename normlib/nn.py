@@ -412,7 +412,7 @@ class ScaleNorm(nn.Module):
     ``eps``. The parameter is a 0-dimensional tensor named ``scale``, as in the authors'
     ``ScaleNorm``, whose state dict loads as is. ``normalized_shape`` is the feature count, or
     LayerNorm's one-element tuple of it, so ``ScaleNorm`` can stand wherever a
-    ``LayerNorm(width)`` is built. Derived in ``chapters/13_attention_norms.ipynb``."""
+    ``LayerNorm(width)`` is built. Derived in ``chapters/14_attention_norms.ipynb``."""
 
     def __init__(self, normalized_shape, eps: float = 1e-5, scale_init: float | None = None,
                  device=None, dtype=None):
@@ -443,7 +443,7 @@ class DyT(nn.Module):
     tuple of it (so a LayerNorm's ``normalized_shape`` can be passed on). Unlike the authors'
     module, ``channels_last`` defaults to ``True``, channels-first inputs may have any number of
     positions, and half-precision inputs are computed in float32. Derived in
-    ``chapters/14_dyt.ipynb``."""
+    ``chapters/15_dyt.ipynb``."""
 
     def __init__(self, normalized_shape, channels_last: bool = True, alpha_init_value: float = 0.5,
                  device=None, dtype=None):

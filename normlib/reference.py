@@ -176,7 +176,7 @@ def adain(content, style, eps=1e-5) -> torch.Tensor:
 
 
 def l2_normalize(x, dim=-1, eps=1e-12) -> torch.Tensor:
-    """``x / max(||x||, eps)`` along ``dim``. Derived in ``chapters/15_ngpt.ipynb``."""
+    """``x / max(||x||, eps)`` along ``dim``. Derived in ``chapters/16_ngpt.ipynb``."""
     xs = x.to(stats_dtype(x.dtype))
     norm = torch.linalg.vector_norm(xs, dim=dim, keepdim=True)
     return (xs / norm.clamp_min(eps)).to(x.dtype)
@@ -185,7 +185,7 @@ def l2_normalize(x, dim=-1, eps=1e-12) -> torch.Tensor:
 def scale_norm(input, scale, eps=1e-5) -> torch.Tensor:
     """ScaleNorm, ``g * x / max(||x||, eps)`` over the last axis with one scalar ``g``
     (``scale``): an L2 normalization to a learned length. Computed in float32 for half-precision
-    inputs and rounded once. Derived in ``chapters/13_attention_norms.ipynb``."""
+    inputs and rounded once. Derived in ``chapters/14_attention_norms.ipynb``."""
     xs = input.to(stats_dtype(input.dtype))
     return (scale.to(xs.dtype) * l2_normalize(xs, -1, eps)).to(input.dtype)
 
@@ -194,7 +194,7 @@ def dyt(input, alpha, weight=None, bias=None, channels_last=True) -> torch.Tenso
     """Dynamic Tanh, ``gamma * tanh(alpha * x) + beta``: one scalar ``alpha``, a per-feature gain
     and shift over the last axis (``channels_last``) or axis 1 (``(N, C, *)``). No statistics:
     each element is squashed on its own. Computed in float32 for half-precision inputs.
-    Derived in ``chapters/14_dyt.ipynb``."""
+    Derived in ``chapters/15_dyt.ipynb``."""
     xs = input.to(stats_dtype(input.dtype))
     y = torch.tanh(alpha.to(xs.dtype) * xs)
     view = (lambda p: p) if channels_last else (lambda p: per_channel(p, input.dim()))

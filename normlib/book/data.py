@@ -154,7 +154,7 @@ def unigram_loss(train_targets: torch.Tensor, val_targets: torch.Tensor, vocab_s
     """The cross-entropy, in nats per token, of ``val_targets`` under the token frequencies of
     ``train_targets`` (add-one smoothed, so no token has probability 0): the loss of a language
     model that has learned the frequencies and nothing else, the level a collapsed run sits at.
-    Used in ``chapters/12_norm_placement.ipynb`` and ``chapters/14_dyt.ipynb``."""
+    Used in ``chapters/13_norm_placement.ipynb`` and ``chapters/15_dyt.ipynb``."""
     counts = torch.bincount(train_targets.flatten().cpu(), minlength=vocab_size)
     if counts.numel() != vocab_size:
         raise ValueError(f"vocab_size: expected more than the largest token id, got {vocab_size}")
@@ -232,7 +232,7 @@ def multitask_regression(sigmas, train_size: int, test_size: int, seed: int, inp
     a sign, which the paper's four-layer network cannot fit in our budget). The tasks share
     most of their structure and differ in scale by ``sigma_i``, so their losses differ by
     ``sigma_i^2``. Returns ``((x_train, y_train), (x_test, y_test))``, targets of shape
-    ``(N, tasks, outputs)``. Used in ``chapters/11_gradnorm.ipynb``."""
+    ``(N, tasks, outputs)``. Used in ``chapters/12_gradnorm.ipynb``."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
     if sigmas.dim() != 1 or sigmas.numel() == 0 or not (sigmas > 0).all():
         raise ValueError(f"sigmas: expected a non-empty sequence of positive scales, got {sigmas.tolist()}")

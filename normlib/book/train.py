@@ -239,7 +239,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups that decay the matrices and embeddings (parameters with two or
     more dimensions) and not the gains and biases of norms (one dimension), the usual recipe of
     GPT-style training (nanoGPT, LLaMA) and of nGPT's baseline. Used in
-    ``chapters/15_ngpt.ipynb``."""
+    ``chapters/16_ngpt.ipynb``."""
     V.check_number(weight_decay, "weight_decay", low=0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -266,7 +266,7 @@ def learning_rate_sensitivity(final_losses: Sequence[float], initial_loss: float
     rates: the mean over the runs of ``min(loss, initial_loss) - best``, where ``best`` is the
     lowest final loss of the sweep. A run that diverged (a non-finite loss) or ended above the
     loss at initialization counts as the loss at initialization. Zero when every learning rate
-    does equally well. Used in ``chapters/13_attention_norms.ipynb``."""
+    does equally well. Used in ``chapters/14_attention_norms.ipynb``."""
     V.check_number(initial_loss, "initial_loss")
     losses = np.asarray(final_losses, dtype=float)
     if losses.ndim != 1 or losses.size == 0:

@@ -180,8 +180,8 @@ class GPT(nn.Module):
     Nguyen & Salazar 2019 use it): the token embeddings enter at length ``sqrt(width)`` and the
     read-out's rows at length 1, so a logit is the final hidden state's length times a cosine;
     unlike the authors' model, input and output embeddings stay untied.
-    Used in ``chapters/04_rms_norm.ipynb``, ``chapters/12_norm_placement.ipynb``,
-    ``chapters/13_attention_norms.ipynb`` and ``chapters/15_ngpt.ipynb``."""
+    Used in ``chapters/04_rms_norm.ipynb``, ``chapters/13_norm_placement.ipynb``,
+    ``chapters/14_attention_norms.ipynb`` and ``chapters/16_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  norm: Callable[[int], nn.Module] = LayerNorm, positions: str = "learned", mlp: str = "gelu",
@@ -253,7 +253,7 @@ def mlp_output_gradient_norms(model: GPT, ids: torch.Tensor, targets: torch.Tens
     """The norm of the gradient of the next-token loss on one batch with respect to each
     block's MLP output matrix (``W_2`` in Xiong et al. 2020), first block first: the quantity
     whose size at initialization tells post-LN from pre-LN. The model's other gradients are
-    left as they were. Used in ``chapters/12_norm_placement.ipynb``."""
+    left as they were. Used in ``chapters/13_norm_placement.ipynb``."""
     weights = [block.mlp_out.weight for block in model.blocks]
     loss = TF.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
     return [g.norm().item() for g in torch.autograd.grad(loss, weights)]

@@ -93,7 +93,7 @@ class MultitaskMLP(nn.Module):
     linear head per task: GradNorm's toy network (Chen et al. 2018: four layers of 100 units).
     ``forward`` returns ``(N, tasks, outputs)``; :meth:`task_losses` the mean squared error of
     each task, shape ``(tasks,)``; :attr:`shared` the last shared layer's weight, where GradNorm
-    measures each task's pull. Used in ``chapters/11_gradnorm.ipynb``."""
+    measures each task's pull. Used in ``chapters/12_gradnorm.ipynb``."""
 
     def __init__(self, inputs: int, outputs: int, tasks: int, hidden: int = 100, depth: int = 4):
         super().__init__()

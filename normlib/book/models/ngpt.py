@@ -4,7 +4,7 @@ Every embedding and every weight matrix is kept at unit norm along the embedding
 (:meth:`NGPT.normalize_matrices`, called after each optimizer step), every hidden state lives
 on the unit sphere, and each block moves the hidden state a learnable fraction of the way
 towards its (normalized) suggestion: ``h <- Norm(h + alpha * (Norm(block(h)) - h))``.
-Derived in ``chapters/15_ngpt.ipynb``.
+Derived in ``chapters/16_ngpt.ipynb``.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class NGPT(nn.Module):
     ``hidden`` is the SwiGLU width (default about ``8 * width / 3``, which gives the MLP the
     parameter count of :class:`~normlib.book.models.GPT`'s ``4 * width`` GELU MLP).
     Call :meth:`normalize_matrices` after every optimizer step; train without weight decay.
-    Derived in ``chapters/15_ngpt.ipynb``."""
+    Derived in ``chapters/16_ngpt.ipynb``."""
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4,
                  hidden: int | None = None, alpha_init: float = 0.05):
