@@ -593,7 +593,7 @@ def scaled_weight_standardization(weight: torch.Tensor, gain: torch.Tensor | Non
     weights standardized over the fan-in as in :func:`weight_standardization`, then multiplied
     by ``gain[o] * gamma / sqrt(fan_in)`` (timm's ``ScaledStdConv2d``). On inputs of zero mean,
     unit variance and no correlation, each output then has variance ``(gain[o] * gamma)^2``;
-    ``gamma`` is the activation's correction (``sqrt(2 / (1 - 1/pi))`` = 1.7139 after a ReLU).
+    ``gamma`` is the activation's correction (``sqrt(2 / (1 - 1/pi))`` = 1.7129 after a ReLU).
     ``gain`` has one value per output channel in any shape (``(C_out,)`` or timm's
     ``(C_out, 1, 1, 1)``), or is ``None``. Statistics in float32 for half-precision weights.
 

@@ -504,7 +504,7 @@ class ScaledStdConv2d(WSConv2d):
     standardized over its fan-in and scaled by ``gain[o] * gamma / sqrt(fan_in)``. On
     unit-variance inputs its outputs keep unit variance (times ``gain * gamma``), with no
     normalization of the activations; ``gamma`` corrects for the activation in front of it
-    (``sqrt(2 / (1 - 1/pi))`` = 1.7139 after a ReLU).
+    (``sqrt(2 / (1 - 1/pi))`` = 1.7129 after a ReLU).
 
     Constructor as :class:`torch.nn.Conv2d` plus ``gamma`` (default 1), ``eps`` (default 1e-6)
     and ``gain_init`` (default 1, the learnable ``gain`` of shape ``(C_out, 1, 1, 1)``).

@@ -268,6 +268,17 @@ def test_history_mean_from_averages_the_late_records():
         history.mean_from("modes", 751)
 
 
+def test_history_running_mean_smooths_over_a_window():
+    history = History()
+    for step, value in enumerate([1.0, 3.0, 5.0, 7.0]):
+        history.log(step + 1, loss=value)
+    steps, means = history.running_mean("loss", window=2)
+    assert steps.tolist() == [2, 3, 4] and means.tolist() == [2.0, 4.0, 6.0]
+    assert history.running_mean("loss", window=5)[1].size == 0
+    with pytest.raises(ValueError, match="window"):
+        history.running_mean("loss", window=0)
+
+
 def test_fit_stops_when_the_loss_diverges():
     g = seed_everything(0)
     x, y = torch.randn(64, 4), torch.randn(64)

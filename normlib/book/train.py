@@ -81,6 +81,17 @@ class History:
     def last(self, key: str) -> float:
         return self.records[key][-1][1]
 
+    def running_mean(self, key: str, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, means)``: the mean of ``key`` over each ``window`` consecutive records, at
+        the step of the window's last record (a noisy training loss, smoothed for a plot)."""
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window: expected a positive int, got {window!r}")
+        values = self.values(key)
+        if len(values) < window:
+            return self.steps_of(key)[:0], values[:0]
+        means = np.convolve(values, np.ones(window) / window, mode="valid")
+        return self.steps_of(key)[window - 1:], means
+
     def first_step_at_most(self, key: str, threshold: float) -> int | None:
         """The first recorded step at which ``key`` is at most ``threshold`` (``None`` if never):
         how many steps a run needs to reach a target loss, at the resolution of its records."""
