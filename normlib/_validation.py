@@ -69,6 +69,12 @@ def check_positive_int(value, name: str) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
+def check_odd_positive_int(value, name: str) -> None:
+    """A window size with a centre: a positive odd integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{name}: expected a positive odd integer, got {value!r}")
+
+
 def check_same_device(x: torch.Tensor, name: str, like: torch.Tensor, like_name: str = "the input") -> None:
     if x.device != like.device:
         raise ValueError(f"{name}: expected a tensor on {like.device} like {like_name}, got one on {x.device}")

@@ -40,6 +40,7 @@ __all__ = [
     "group_norm",
     "instance_norm",
     "local_response_norm",
+    "local_contrast_norm",
     "adain",
     "l2_normalize",
     "scale_norm",
@@ -462,12 +463,31 @@ def local_response_norm(
     channels centred on ``c`` and zero-padded at the edges. Same signature and semantics as
     :func:`torch.nn.functional.local_response_norm`.
 
-    Described in ``chapters/00_introduction.ipynb``.
+    Derived in ``chapters/17_local_norms.ipynb``.
     """
     V.check_tensor(input, "input", min_dim=3)
     V.check_positive_int(size, "size")
     V.check_number(k, "k", 0)
     return reference.local_response_norm(input, size, alpha, beta, k)
+
+
+def local_contrast_norm(input: torch.Tensor, kernel_size: int = 9, sigma: float = 2.0,
+                        eps: float = 1e-4) -> torch.Tensor:
+    """Local contrast normalization (Jarrett et al. 2009) of ``(N, C, H, W)`` images or feature
+    maps: subtract the local mean (a Gaussian window of standard deviation ``sigma`` pixels over
+    ``kernel_size`` x ``kernel_size`` positions and all channels), then divide by the local
+    standard deviation over the same window, or by its mean over the image where that is
+    larger (flat regions are not amplified), and at least by ``eps``. The window is
+    renormalized at the borders, so the output is unchanged by ``x -> a x + b`` for ``a > 0``.
+    Statistics in float32 for half-precision inputs.
+
+    Derived in ``chapters/17_local_norms.ipynb``.
+    """
+    V.check_tensor(input, "input", min_dim=4, max_dim=4)
+    V.check_odd_positive_int(kernel_size, "kernel_size")
+    V.check_number(sigma, "sigma", low=0.0, open_low=True)
+    V.check_eps(eps)
+    return reference.local_contrast_norm(input, kernel_size, sigma, eps)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, torch.Tensor],

@@ -29,6 +29,8 @@ __all__ = [
     "DyT",
     "WSConv2d",
     "ScaledStdConv2d",
+    "LocalResponseNorm",
+    "LocalContrastNorm",
 ]
 
 
@@ -528,3 +530,40 @@ class ScaledStdConv2d(WSConv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", gamma={self.gamma}, gain_init={self.gain_init}"
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalization across channels (AlexNet), as
+    :class:`torch.nn.LocalResponseNorm`: ``x_c / (k + alpha / size * sum x_{c'}^2) ** beta``
+    over ``size`` neighbouring channels (AlexNet's ``alpha = 1e-4`` is ``alpha = 5e-4`` here,
+    with ``size = 5``). No parameters. Derived in ``chapters/17_local_norms.ipynb``."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        V.check_positive_int(size, "size")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return NF.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class LocalContrastNorm(nn.Module):
+    """Local contrast normalization (Jarrett et al. 2009) of ``(N, C, H, W)`` inputs, see
+    :func:`normlib.functional.local_contrast_norm`. No parameters.
+    Derived in ``chapters/17_local_norms.ipynb``."""
+
+    def __init__(self, kernel_size: int = 9, sigma: float = 2.0, eps: float = 1e-4):
+        super().__init__()
+        V.check_odd_positive_int(kernel_size, "kernel_size")
+        V.check_number(sigma, "sigma", low=0.0, open_low=True)
+        V.check_eps(eps)
+        self.kernel_size, self.sigma, self.eps = kernel_size, sigma, eps
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return NF.local_contrast_norm(input, self.kernel_size, self.sigma, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, sigma={self.sigma}, eps={self.eps}"

@@ -27,7 +27,8 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
-           "scaled_weight_standardization"]
+           "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
+           "local_contrast_norm"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -153,12 +154,60 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0) -> torch.Tensor:
     """``x_c / (k + alpha / size * sum_{c' near c} x_{c'}^2) ** beta`` over a zero-padded window of
-    ``size`` channels centred on ``c``. Described in ``chapters/00_introduction.ipynb``."""
+    ``size`` channels centred on ``c``. Derived in ``chapters/17_local_norms.ipynb``."""
     xs = input.to(stats_dtype(input.dtype))
     # F.pad lists (before, after) pairs from the last dimension backwards; only channels are padded
     pad = [0, 0] * (input.dim() - 2) + [size // 2, (size - 1) // 2]
-    window_sum = TF.pad(xs.square(), pad).unfold(1, size, 1).sum(-1)
+    padded, channels = TF.pad(xs.square(), pad), input.shape[1]
+    window_sum = sum(padded[:, j:j + channels] for j in range(size))  # channel c sums c .. c + size - 1
     return (xs / (k + alpha / size * window_sum).pow(beta)).to(input.dtype)
+
+
+def gaussian_window(kernel_size: int, sigma: float, channels: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """A ``(1, channels, kernel_size, kernel_size)`` averaging window: a Gaussian of standard
+    deviation ``sigma`` (pixels) over the positions, uniform over the channels, summing to 1.
+    Derived in ``chapters/17_local_norms.ipynb``."""
+    offsets = torch.arange(kernel_size, dtype=dtype, device=device) - (kernel_size - 1) / 2
+    profile = torch.exp(-offsets.square() / (2 * sigma ** 2))
+    window = profile[:, None] * profile[None, :]
+    return (window / (window.sum() * channels)).expand(1, channels, kernel_size, kernel_size)
+
+
+def local_contrast_statistics(input, kernel_size=9, sigma=2.0):
+    """The pieces of :func:`local_contrast_norm`, in float32 (or wider): the input minus its
+    local mean ``v``, the local standard deviation ``s`` (``(N, 1, H, W)``) and its mean over
+    each image ``s_bar`` (``(N, 1, 1, 1)``). Derived in ``chapters/17_local_norms.ipynb``."""
+    xs = input.to(stats_dtype(input.dtype))
+    window = gaussian_window(kernel_size, sigma, input.shape[1], xs.dtype, xs.device)
+    pad = kernel_size // 2
+
+    def local_mean(t):  # the window's average, renormalized to the part inside the image
+        return TF.conv2d(t, window, padding=pad)
+
+    mass = local_mean(torch.ones_like(xs[:1]))
+    v = xs - local_mean(xs) / mass
+    local_std = (local_mean(v.square()) / mass).sqrt()
+    return v, local_std, local_std.mean(dim=(2, 3), keepdim=True)
+
+
+def local_contrast_norm(input, kernel_size=9, sigma=2.0, eps=1e-4) -> torch.Tensor:
+    """Local contrast normalization (Jarrett et al. 2009) of ``(N, C, H, W)`` images or feature
+    maps, with a :func:`gaussian_window` ``w`` (over the positions and all channels, summing to
+    1 over both):
+
+    * subtractive: ``v = x - w * x`` (``*`` a convolution, the same local mean for every
+      channel);
+    * divisive: ``y = v / max(s_bar, s, eps)`` with the local standard deviation
+      ``s = sqrt(w * v^2)`` and ``s_bar`` its mean over the positions of each image.
+
+    Near the borders the window is renormalized to the part that lies inside the image, so
+    ``w`` always sums to 1 and ``y(a x + b) = y(x)`` for any ``a > 0`` and ``b`` (exactly, where
+    ``a * max(s_bar, s)`` stays above ``eps``). Computed in float32 (or wider).
+    Derived in ``chapters/17_local_norms.ipynb``."""
+    if input.numel() == 0:
+        return input.clone()
+    v, local_std, image_std = local_contrast_statistics(input, kernel_size, sigma)
+    return (v / torch.maximum(local_std, image_std).clamp(min=eps)).to(input.dtype)
 
 
 def adain(content, style, eps=1e-5) -> torch.Tensor:
