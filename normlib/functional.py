@@ -599,12 +599,17 @@ def weight_standardization(weight: torch.Tensor, eps: float = 1e-6) -> torch.Ten
 
     Derived in ``chapters/10_weight_standardization.ipynb``.
     """
+    _check_filters(weight, eps)
+    return reference.weight_standardization(weight, eps)
+
+
+def _check_filters(weight: torch.Tensor, eps) -> None:
+    """A weight with output channels in dim 0 and a fan-in of at least 2, and a valid eps."""
     V.check_tensor(weight, "weight", min_dim=2)
     V.check_eps(eps)
     if weight.shape[0] and weight[0].numel() < 2:  # one value standardizes to 0 whatever it is
         raise ValueError(f"weight: expected a fan-in of at least 2 values per output channel, got shape "
                          f"{tuple(weight.shape)}")
-    return reference.weight_standardization(weight, eps)
 
 
 def scaled_weight_standardization(weight: torch.Tensor, gain: torch.Tensor | None = None, gamma: float = 1.0,
@@ -619,12 +624,8 @@ def scaled_weight_standardization(weight: torch.Tensor, gain: torch.Tensor | Non
 
     Derived in ``chapters/11_normalizer_free.ipynb``.
     """
-    V.check_tensor(weight, "weight", min_dim=2)
-    V.check_eps(eps)
+    _check_filters(weight, eps)
     V.check_number(gamma, "gamma", low=0.0, open_low=True)
-    if weight.shape[0] and weight[0].numel() < 2:
-        raise ValueError(f"weight: expected a fan-in of at least 2 values per output channel, got shape "
-                         f"{tuple(weight.shape)}")
     if gain is not None:
         V.check_tensor(gain, "gain", min_dim=0)
         V.check_same_device(gain, "gain", weight, "weight")

@@ -23,6 +23,14 @@ RELU_GAMMA = math.sqrt(2 / (1 - 1 / math.pi))
 KINDS = ("bn", "plain", "nf")
 
 
+def _conv(kind: str, scaled_ws: bool, gamma: float):
+    """The convolution of a ``kind`` of network: scaled WS (with the activation's ``gamma``)
+    for ``"nf"``, else a plain one, without bias in front of a BN."""
+    if kind == "nf" and scaled_ws:
+        return partial(normlib_nn.ScaledStdConv2d, gamma=gamma)
+    return partial(nn.Conv2d, bias=kind != "bn")
+
+
 class Block(nn.Module):
     """One pre-activation residual block, ``shortcut + alpha * branch(pre(x))``:
 
@@ -39,10 +47,7 @@ class Block(nn.Module):
                  beta: float = 1.0, scaled_ws: bool = True, skipinit: bool = False):
         super().__init__()
         self.kind, self.alpha, self.beta = kind, alpha, beta
-        if kind == "nf" and scaled_ws:
-            conv = partial(normlib_nn.ScaledStdConv2d, gamma=RELU_GAMMA)
-        else:
-            conv = partial(nn.Conv2d, bias=kind != "bn")
+        conv = _conv(kind, scaled_ws, RELU_GAMMA)
         self.pre_norm = normlib_nn.BatchNorm2d(in_channels) if kind == "bn" else nn.Identity()
         transition = stride != 1 or in_channels != out_channels
         self.shortcut = conv(in_channels, out_channels, 1, stride) if transition else None
@@ -89,42 +94,27 @@ class ResNet(nn.Module):
             raise ValueError(f"blocks: expected at least one block per stage, one stage per width {widths}, "
                              f"got {blocks}")
         self.kind, self.alpha = kind, alpha if kind == "nf" else 1.0
-        if kind == "nf" and scaled_ws:
-            self.stem = normlib_nn.ScaledStdConv2d(in_channels, widths[0], 3, 2, padding=1)
-        else:
-            self.stem = nn.Conv2d(in_channels, widths[0], 3, 2, padding=1, bias=kind != "bn")
-        layers, channels = [], widths[0]
-        variances = self._variances(blocks, widths)
+        self.stem = _conv(kind, scaled_ws, 1.0)(in_channels, widths[0], 3, 2, padding=1)  # no activation before it
+        # the residual stream's expected variance, 1 after the stem: alpha^2 more per block, back
+        # to 1 + alpha^2 after a block whose shortcut is a convolution of the normalized input
+        layers, channels, variance, self._expected = [], widths[0], 1.0, []
         for stage, (count, width) in enumerate(zip(blocks, widths)):
             for i in range(count):
                 stride = 2 if stage and not i else 1
-                beta = math.sqrt(variances[len(layers)][0])
-                layers.append(Block(kind, channels, width, stride, self.alpha, beta, scaled_ws, skipinit))
+                block = Block(kind, channels, width, stride, self.alpha, math.sqrt(variance), scaled_ws, skipinit)
+                variance = (1.0 if block.shortcut is not None else variance) + self.alpha ** 2
+                layers.append(block)
+                self._expected.append(variance)
                 channels = width
         self.blocks = nn.Sequential(*layers)
         self.final_norm = normlib_nn.BatchNorm2d(channels) if kind == "bn" else nn.Identity()
         self.head = nn.Linear(channels, num_classes)
-        self._expected = [after for _, after in variances]
         for module in self.modules():  # He initialization where nothing standardizes the weights
             if type(module) is nn.Conv2d:
                 nonlinearity = "linear" if module is self.stem else "relu"
                 nn.init.kaiming_normal_(module.weight, nonlinearity=nonlinearity)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-
-    def _variances(self, blocks, widths) -> list[tuple[float, float]]:
-        """The residual stream's expected variance before and after each block when the stem's
-        output has unit variance: ``alpha^2`` more per block, back to ``1 + alpha^2`` after a
-        block whose shortcut is a convolution of the normalized input."""
-        result, variance, channels = [], 1.0, widths[0]
-        for stage, (count, width) in enumerate(zip(blocks, widths)):
-            for i in range(count):
-                before = variance
-                transition = (stage and not i) or channels != width
-                variance = (1.0 if transition else variance) + self.alpha ** 2
-                result.append((before, variance))
-                channels = width
-        return result
 
     def expected_variances(self) -> list[float]:
         """The residual stream's variance after each block that the NF-ResNet's ``beta``s assume
