@@ -41,6 +41,7 @@ __all__ = [
     "instance_norm",
     "local_response_norm",
     "local_contrast_norm",
+    "global_response_norm",
     "adain",
     "l2_normalize",
     "scale_norm",
@@ -488,6 +489,36 @@ def local_contrast_norm(input: torch.Tensor, kernel_size: int = 9, sigma: float 
     V.check_number(sigma, "sigma", low=0.0, open_low=True)
     V.check_eps(eps)
     return reference.local_contrast_norm(input, kernel_size, sigma, eps)
+
+
+def global_response_norm(input: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                         eps: float = 1e-6, channels_last: bool = True) -> torch.Tensor:
+    """Global response normalization (ConvNeXt V2, Woo et al. 2023):
+    ``weight * (x * n) + bias + x`` with each channel's energy ``g_c = ||x_c||_2`` over the
+    positions of its example and ``n_c = g_c / (mean_c' g_c' + eps)``, its share relative to
+    the average channel. ``input`` is ``(N, *positions, C)`` (``channels_last``, the layout of
+    the authors' ``GRN`` and timm's default) or ``(N, C, *positions)``; ``weight`` and
+    ``bias`` hold one value per channel in any shape with ``C`` elements (``(C,)``, or the
+    ``(1, 1, 1, C)`` and ``(1, C, 1, 1)`` of timm's ``GlobalResponseNorm`` and the authors'
+    code), ``None`` meaning 1 and 0. The statistics are per example (the authors' sparse GRN
+    for pre-training pools the visible positions of the whole batch instead). Statistics in
+    float32 for half-precision inputs.
+
+    Derived in ``chapters/18_global_response_norm.ipynb``.
+    """
+    V.check_tensor(input, "input", min_dim=3)
+    V.check_eps(eps)
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+    channels = input.shape[-1] if channels_last else input.shape[1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        V.check_tensor(p, name, min_dim=0)
+        V.check_same_device(p, name, input)
+        if p.numel() != channels:
+            raise ValueError(f"{name}: expected one value per channel ({channels}), got shape {tuple(p.shape)}")
+    return reference.global_response_norm(input, weight, bias, eps, channels_last)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, torch.Tensor],

@@ -31,6 +31,7 @@ __all__ = [
     "ScaledStdConv2d",
     "LocalResponseNorm",
     "LocalContrastNorm",
+    "GRN",
 ]
 
 
@@ -567,3 +568,44 @@ class LocalContrastNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, sigma={self.sigma}, eps={self.eps}"
+
+
+class GRN(nn.Module):
+    """Global response normalization (ConvNeXt V2), see
+    :func:`normlib.functional.global_response_norm`: ``weight * (x * n) + bias + x``, with
+    ``weight`` and ``bias`` of shape ``(num_channels,)`` initialized at zero, so a fresh GRN
+    is the identity. Inputs are ``(N, *positions, C)`` or, with ``channels_last=False``,
+    ``(N, C, *positions)``. The constructor and parameter names are timm's
+    ``GlobalResponseNorm``; its state dict (``weight`` and ``bias`` of shape ``(1, 1, 1, C)`` or
+    ``(1, C, 1, 1)``) and the authors' (``gamma`` and ``beta`` of shape ``(1, 1, 1, C)``) load
+    as they are, reshaped to ``(C,)``. Derived in ``chapters/18_global_response_norm.ipynb``."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, channels_last: bool = True, device=None, dtype=None):
+        super().__init__()
+        V.check_positive_int(num_channels, "num_channels")
+        V.check_eps(eps)
+        if not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+        self.num_channels, self.eps, self.channels_last = num_channels, eps, channels_last
+        self.weight = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        V.check_tensor(input, "input", min_dim=3)
+        axis = -1 if self.channels_last else 1
+        if input.shape[axis] != self.num_channels:
+            raise ValueError(f"input: expected {self.num_channels} channels in dim {axis}, got shape "
+                             f"{tuple(input.shape)}")
+        return NF.global_response_norm(input, self.weight, self.bias, self.eps, self.channels_last)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for ours, theirs in (("weight", "gamma"), ("bias", "beta")):  # the authors' names, timm's shapes
+            if prefix + theirs in state_dict and prefix + ours not in state_dict:
+                state_dict[prefix + ours] = state_dict.pop(prefix + theirs)
+            value = state_dict.get(prefix + ours)
+            if isinstance(value, torch.Tensor) and value.numel() == self.num_channels:
+                state_dict[prefix + ours] = value.reshape(self.num_channels)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, channels_last={self.channels_last}"

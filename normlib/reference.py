@@ -28,7 +28,7 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
            "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
-           "local_contrast_norm"]
+           "local_contrast_norm", "global_response_norm"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -208,6 +208,26 @@ def local_contrast_norm(input, kernel_size=9, sigma=2.0, eps=1e-4) -> torch.Tens
         return input.clone()
     v, local_std, image_std = local_contrast_statistics(input, kernel_size, sigma)
     return (v / torch.maximum(local_std, image_std).clamp(min=eps)).to(input.dtype)
+
+
+def global_response_norm(input, weight=None, bias=None, eps=1e-6, channels_last=True) -> torch.Tensor:
+    """GRN, ``weight * (x * n) + bias + x`` with ``n_c = g_c / (mean_c' g_c' + eps)`` and
+    ``g_c`` channel ``c``'s L2 norm over the positions of its example: aggregate each channel
+    globally, normalize the aggregates divisively across channels, calibrate. Computed in
+    float32 (or wider). Derived in ``chapters/18_global_response_norm.ipynb``."""
+    xs = input.to(stats_dtype(input.dtype))
+    channel_axis = -1 if channels_last else 1
+    positions = tuple(range(1, xs.dim() - 1)) if channels_last else tuple(range(2, xs.dim()))
+    energy = torch.linalg.vector_norm(xs, dim=positions, keepdim=True)
+    share = energy / (energy.mean(dim=channel_axis, keepdim=True) + eps)
+    view = [1] * xs.dim()
+    view[channel_axis] = -1
+    out = xs * share
+    if weight is not None:
+        out = out * weight.to(xs.dtype).reshape(view)
+    if bias is not None:
+        out = out + bias.to(xs.dtype).reshape(view)
+    return (out + xs).to(input.dtype)
 
 
 def adain(content, style, eps=1e-5) -> torch.Tensor:
