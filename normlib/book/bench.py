@@ -13,7 +13,7 @@ Results go to ``<out>/<device>.csv`` and ``.json`` (with the device named) and a
 ``<out>/<device>.png``. On a machine without a GPU the kernels run in Triton's interpreter on tiny
 shapes: the numbers mean nothing there, but the harness is exercised (the tests do this).
 
-Derived in ``chapters/19_kernels.ipynb``.
+Derived in ``chapters/20_kernels.ipynb``.
 """
 
 import argparse
@@ -70,7 +70,7 @@ def _timer(device: str):
 
 def copy_bandwidth(device: str, timer) -> float:
     """GB/s of a device-to-device copy (bytes read plus bytes written), the yardstick of every
-    other result. Derived in ``chapters/19_kernels.ipynb``."""
+    other result. Derived in ``chapters/20_kernels.ipynb``."""
     n = (1 << 28) if device == "cuda" else (1 << 22)     # 1 GiB or 16 MiB of float32
     src = torch.empty(n, device=device, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
@@ -181,7 +181,7 @@ def _measure(family, shape, dtype_name, device, timer, copy_gb_s):
 
 def run(out: Path, families: list[str], dtypes: list[str]) -> dict:
     """Run the benchmark and write ``<out>/<device>.{csv,json,png}``; returns the JSON document.
-    Derived in ``chapters/19_kernels.ipynb``."""
+    Derived in ``chapters/20_kernels.ipynb``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")   # before normlib.kernels imports triton
@@ -220,7 +220,7 @@ def _triton_version():
 
 def figure(document: dict):
     """Effective bandwidth of every provider, one panel per kernel family and direction, with the
-    measured copy bandwidth as a dotted line. Derived in ``chapters/19_kernels.ipynb``."""
+    measured copy bandwidth as a dotted line. Derived in ``chapters/20_kernels.ipynb``."""
     import matplotlib
     if not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
@@ -258,7 +258,7 @@ def goal_report(document: dict) -> list[dict]:
     """The goals of normlib's kernels (on an H100), each with the value this document measured
     and whether it is met: bandwidth as a share of the copy bandwidth for RMSNorm and LayerNorm
     in bfloat16 at N >= 1024, the time ratio to the fastest installed peer and to torch eager.
-    Derived in ``chapters/19_kernels.ipynb``."""
+    Derived in ``chapters/20_kernels.ipynb``."""
     rows = document["results"]
 
     def rowwise(direction, dtype="bf16"):
@@ -295,7 +295,7 @@ def goal_report(document: dict) -> list[dict]:
 
 def main(argv=None) -> None:
     """The command line: ``python -m normlib.book.bench [--out DIR] [--families ...] [--dtypes ...]``,
-    or ``--cpu [--tiny]`` for the CPU table. Derived in ``chapters/19_kernels.ipynb``."""
+    or ``--cpu [--tiny]`` for the CPU table. Derived in ``chapters/20_kernels.ipynb``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for CSV, JSON and PNG")
     parser.add_argument("--families", default="rms_norm,layer_norm,group_norm,batch_norm")

@@ -3,7 +3,7 @@
 A chapter takes ``SEED`` (the first seed) and ``SEEDS`` (how many consecutive seeds its
 experiment runs; one at ``SCALE = "ci"``). A claim's threshold comes from the spread measured
 with ``SEEDS >= 5`` (``make spread CHAPTER=... SEEDS=5``), which the chapter states. Every
-chapter from ``chapters/01_feature_scaling.ipynb`` to ``chapters/19_kernels.ipynb`` takes both
+chapter from ``chapters/01_feature_scaling.ipynb`` to ``chapters/20_kernels.ipynb`` takes both
 (``tests/test_notebooks.py`` checks it).
 """
 

@@ -15,7 +15,7 @@ falls back to its PyTorch reference path otherwise. Importing this package does 
 Triton; the kernel modules do. On a CPU, the kernels run in Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set before they are imported (the tests do this).
 
-Derived in ``chapters/19_kernels.ipynb``.
+Derived in ``chapters/20_kernels.ipynb``.
 """
 
 import functools
@@ -36,7 +36,7 @@ def backend() -> str:
     """Which path CUDA tensors take: ``"triton"`` (kernels on the GPU), ``"interpreter"`` (kernels
     on the CPU under ``TRITON_INTERPRET=1``, for testing), or ``"reference: <reason>"``.
     Decided once per process, from the environment at the first call
-    (``backend.cache_clear()`` decides again). Derived in ``chapters/19_kernels.ipynb``."""
+    (``backend.cache_clear()`` decides again). Derived in ``chapters/20_kernels.ipynb``."""
     if os.environ.get("NORMLIB_DISABLE_KERNELS") == "1":
         return "reference: NORMLIB_DISABLE_KERNELS=1"
     if not _triton_installed():
@@ -50,5 +50,5 @@ def backend() -> str:
 
 def available() -> bool:
     """True when :mod:`normlib.functional` sends CUDA tensors to the Triton kernels.
-    Derived in ``chapters/19_kernels.ipynb``."""
+    Derived in ``chapters/20_kernels.ipynb``."""
     return backend() == "triton"

@@ -20,7 +20,7 @@ that change with the batch size are not specialized, so a new batch size compile
 The running statistics are updated by the caller (:func:`normlib.functional.batch_norm`) with
 PyTorch's momentum semantics.
 
-Derived in ``chapters/19_kernels.ipynb``.
+Derived in ``chapters/20_kernels.ipynb``.
 """
 
 from typing import Optional
@@ -341,7 +341,7 @@ def batch_norm_training(x: torch.Tensor, weight: Optional[torch.Tensor] = None, 
     (contiguous and channels_last inputs are read in place; the output keeps the memory format).
     Returns ``(y, batch mean, biased batch variance)``, the statistics per channel in float32
     (float64 for float64 inputs), for the caller's running-statistics update. Differentiable.
-    Derived in ``chapters/19_kernels.ipynb``."""
+    Derived in ``chapters/20_kernels.ipynb``."""
     check_input(x, "input", min_dim=2, weight=weight, bias=bias)
     check_values_per_channel(x, x.numel() // x.shape[1] if x.shape[1] else 0)
     y, mean, var, _ = _training_forward(_layout(x), weight, bias, float(eps))
@@ -354,7 +354,7 @@ def batch_norm_inference(x: torch.Tensor, running_mean: torch.Tensor, running_va
     """Inference-mode batch normalization with running statistics: one elementwise pass
     ``(x - running_mean) * scale + bias`` with ``scale = weight / sqrt(running_var + eps)``
     (differentiable in ``input``, ``weight`` and ``bias``; the output keeps the memory format).
-    Derived in ``chapters/19_kernels.ipynb``."""
+    Derived in ``chapters/20_kernels.ipynb``."""
     check_input(x, "input", min_dim=2, weight=weight, bias=bias)
     check_param(running_mean, "running_mean", (x.shape[1],), x)
     check_param(running_var, "running_var", (x.shape[1],), x)

@@ -14,7 +14,7 @@ The check fails on a compile error, on any spill, on a contiguous path whose loa
 variant as only the batch size changes. Correctness is the interpreter tests' job
 (``tests/test_kernels.py``); this is about registers, spills and vector width.
 
-Derived in ``chapters/19_kernels.ipynb``.
+Derived in ``chapters/20_kernels.ipynb``.
 """
 
 import argparse

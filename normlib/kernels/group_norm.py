@@ -13,7 +13,7 @@ group's slices. Backward, the same way: a first pass sums ``dy`` and ``dy * xhat
 (which gives both the group's two means and this example's share of ``dgamma``/``dbeta``,
 written to an ``(N, C)`` buffer summed in a second step), a second pass writes ``dx``.
 
-Derived in ``chapters/19_kernels.ipynb``.
+Derived in ``chapters/20_kernels.ipynb``.
 """
 
 from typing import Optional
@@ -307,7 +307,7 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] 
                bias: Optional[torch.Tensor] = None, eps: float = 1e-5) -> torch.Tensor:
     """Group normalization of an ``(N, C, *)`` input with the Triton kernels (contiguous or
     channels_last inputs are read in place; the output has the input's memory format).
-    Differentiable; a ``torch.library`` custom op. Derived in ``chapters/19_kernels.ipynb``."""
+    Differentiable; a ``torch.library`` custom op. Derived in ``chapters/20_kernels.ipynb``."""
     check_input(x, "input", min_dim=2, weight=weight, bias=bias)
     c = x.shape[1]
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:

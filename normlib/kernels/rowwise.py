@@ -24,7 +24,7 @@ spills registers (``python -m normlib.kernels.check`` proves it for sm_80 and sm
 parameters depend on ``N`` and the dtype only, and the arguments that change with the number
 of rows are not specialized (``do_not_specialize``): a new batch size compiles nothing new.
 
-Derived in ``chapters/19_kernels.ipynb``.
+Derived in ``chapters/20_kernels.ipynb``.
 """
 
 from typing import Optional
@@ -409,7 +409,7 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
     """LayerNorm over the last dimension of ``x`` (float16, bfloat16, float32 or float64) with the
     Triton kernels. With ``residual``, normalizes ``x + residual`` and returns ``(y, x + residual)``.
     Differentiable (a ``torch.library`` custom op, so it also works under ``torch.compile``).
-    Derived in ``chapters/19_kernels.ipynb``."""
+    Derived in ``chapters/20_kernels.ipynb``."""
     return _rowwise(x, weight, bias, eps, residual, rms=False)
 
 
@@ -417,5 +417,5 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Option
              residual: Optional[torch.Tensor] = None):
     """RMSNorm over the last dimension of ``x`` with the Triton kernels; same conventions as
     :func:`layer_norm`, and ``eps=None`` is the input dtype's machine epsilon (normlib's and
-    torch's default). Derived in ``chapters/19_kernels.ipynb``."""
+    torch's default). Derived in ``chapters/20_kernels.ipynb``."""
     return _rowwise(x, weight, None, torch.finfo(x.dtype).eps if eps is None else eps, residual, rms=True)
