@@ -42,6 +42,8 @@ __all__ = [
     "local_response_norm",
     "local_contrast_norm",
     "global_response_norm",
+    "modulate",
+    "spade",
     "adain",
     "l2_normalize",
     "scale_norm",
@@ -519,6 +521,45 @@ def global_response_norm(input: torch.Tensor, weight: torch.Tensor | None = None
         if p.numel() != channels:
             raise ValueError(f"{name}: expected one value per channel ({channels}), got shape {tuple(p.shape)}")
     return reference.global_response_norm(input, weight, bias, eps, channels_last)
+
+
+def modulate(input: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """Conditional modulation, ``input * (1 + scale) + shift``: DiT's ``modulate`` (adaLN), FiLM
+    (``scale = gamma - 1``) and SPADE's output, with ``shift`` and ``scale`` predicted from a
+    condition. Each is ``(N, C)``, one value per example and channel, broadcast over the
+    positions of an ``(N, *positions, C)`` input (``channels_last``) or an ``(N, C, *positions)``
+    one; or the input's own shape (per token or per pixel, as SPADE's maps). Computed in float32
+    (float64 for float64 inputs) whatever the dtypes of ``shift`` and ``scale``, and returned
+    in the input's dtype.
+
+    Derived in ``chapters/19_conditional_norms.ipynb``.
+    """
+    V.check_tensor(input, "input", min_dim=2)
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+    channels = input.shape[-1] if channels_last else input.shape[1]
+    for name, p in (("shift", shift), ("scale", scale)):
+        V.check_tensor(p, name, min_dim=2)
+        V.check_same_device(p, name, input)
+        if tuple(p.shape) not in ((input.shape[0], channels), tuple(input.shape)):
+            raise ValueError(f"{name}: expected shape ({input.shape[0]}, {channels}) or {tuple(input.shape)}, "
+                             f"got {tuple(p.shape)}")
+    return reference.modulate(input, shift, scale, channels_last)
+
+
+def spade(input: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, running_mean: torch.Tensor | None = None,
+          running_var: torch.Tensor | None = None, training: bool = True, momentum: float = 0.1,
+          eps: float = 1e-5) -> torch.Tensor:
+    """Spatially-adaptive normalization (SPADE, Park et al. 2019): batch normalization of an
+    ``(N, C, H, W)`` input without affine parameters (:func:`batch_norm`'s statistics and
+    running averages), then ``* (1 + gamma) + beta`` with ``gamma`` and ``beta`` maps of the
+    input's shape (predicted from a segmentation map) or ``(N, C)``.
+
+    Derived in ``chapters/19_conditional_norms.ipynb``.
+    """
+    V.check_tensor(input, "input", min_dim=4, max_dim=4)
+    normalized = batch_norm(input, running_mean, running_var, None, None, training, momentum, eps)
+    return modulate(normalized, beta, gamma, channels_last=False)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, torch.Tensor],

@@ -7,6 +7,7 @@ Constructors, defaults, parameter and buffer names match ``torch.nn``, so a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as TF
 from torch import nn
 
 from normlib import _validation as V
@@ -32,6 +33,10 @@ __all__ = [
     "LocalResponseNorm",
     "LocalContrastNorm",
     "GRN",
+    "FiLM",
+    "ConditionalBatchNorm2d",
+    "AdaLNZero",
+    "SPADE",
 ]
 
 
@@ -609,3 +614,133 @@ class GRN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, channels_last={self.channels_last}"
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation (Perez et al. 2018): ``gamma(c) * x + beta(c)`` per
+    example and channel, with ``(delta_gamma, beta)`` from one linear layer of the condition
+    ``c`` (the FiLM generator's output layer, gammas first) and ``gamma = gamma_baseline +
+    delta_gamma``: the authors' ``gamma_baseline = 1`` keeps a fresh layer near the identity
+    instead of near zero. ``forward(input, condition)`` takes an ``(N, C, *positions)`` input
+    (or ``(N, *positions, C)`` with ``channels_last=True``) and an ``(N, condition_features)``
+    condition. Derived in ``chapters/19_conditional_norms.ipynb``."""
+
+    def __init__(self, condition_features: int, num_features: int, gamma_baseline: float = 1.0,
+                 channels_last: bool = False, device=None, dtype=None):
+        super().__init__()
+        V.check_positive_int(condition_features, "condition_features")
+        V.check_positive_int(num_features, "num_features")
+        V.check_number(gamma_baseline, "gamma_baseline")
+        self.num_features, self.gamma_baseline, self.channels_last = num_features, gamma_baseline, channels_last
+        self.generator = nn.Linear(condition_features, 2 * num_features, device=device, dtype=dtype)
+
+    def forward(self, input: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        V.check_tensor(condition, "condition", min_dim=2, max_dim=2)
+        delta_gamma, beta = self.generator(condition).chunk(2, dim=-1)
+        return NF.modulate(input, beta, delta_gamma + (self.gamma_baseline - 1), self.channels_last)
+
+    def extra_repr(self) -> str:
+        return f"gamma_baseline={self.gamma_baseline}, channels_last={self.channels_last}"
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Class-conditional batch normalization (Miyato & Koyama 2018; the class-table form of de
+    Vries et al.'s conditional BN, which adds MLP-predicted offsets to a pretrained network's
+    gains and biases): batch normalization without affine parameters (``norm``, a :class:`BatchNorm2d`
+    whose buffers are torch's), then each example's class ``y`` picks its own gain and bias,
+    ``weight[y] * x_hat + bias[y]``. ``weight`` and ``bias`` are ``(num_classes, C)`` tables
+    initialized at ones and zeros, so a fresh layer is a BatchNorm2d for every class.
+    ``forward(input, labels)`` takes ``(N, C, H, W)`` and ``(N,)`` integer labels; the
+    gains and biases are used in their own dtype (float32 parameters with a half-precision
+    input are computed in float32). Derived in ``chapters/19_conditional_norms.ipynb``."""
+
+    def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 track_running_stats: bool = True, device=None, dtype=None):
+        super().__init__()
+        V.check_positive_int(num_classes, "num_classes")
+        self.num_classes = num_classes
+        self.norm = BatchNorm2d(num_features, eps, momentum, affine=False, track_running_stats=track_running_stats,
+                                device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.ones(num_classes, num_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_classes, num_features, device=device, dtype=dtype))
+
+    def forward(self, input: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int32, torch.int64)
+                or labels.shape != input.shape[:1]):
+            got = f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) \
+                else type(labels).__name__
+            raise ValueError(f"labels: expected a tensor of {input.shape[0]} integer class indices, got {got}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels: expected class indices in [0, {self.num_classes - 1}], got "
+                             f"{labels.min().item()} to {labels.max().item()}")
+        return NF.modulate(self.norm(input), self.bias[labels], self.weight[labels] - 1, channels_last=False)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
+
+
+class AdaLNZero(nn.Sequential):
+    """DiT's adaLN-Zero conditioning (Peebles & Xie 2023): ``SiLU``, then a linear layer from
+    the condition to ``chunks`` vectors of ``features``, weights and bias initialized at zero.
+    ``forward(condition)`` returns the ``chunks`` tensors of shape ``(N, features)`` in DiT's
+    order, ``(shift, scale, gate)`` for each branch it modulates (6 for a transformer block:
+    attention, then MLP; 2, ``(shift, scale)``, for DiT's final layer). A block computes
+    ``x + gate * f(modulate(LN(x), shift, scale))`` (:func:`normlib.functional.modulate`, a
+    LayerNorm without affine parameters), which at initialization is ``x``. As a submodule
+    named ``adaLN_modulation`` its state dict is DiT's. Derived in
+    ``chapters/19_conditional_norms.ipynb``."""
+
+    def __init__(self, features: int, condition_features: int, chunks: int = 6, device=None, dtype=None):
+        V.check_positive_int(features, "features")
+        V.check_positive_int(condition_features, "condition_features")
+        V.check_positive_int(chunks, "chunks")
+        linear = nn.Linear(condition_features, chunks * features, device=device, dtype=dtype)
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        super().__init__(nn.SiLU(), linear)
+        self.features, self.chunks = features, chunks
+
+    def forward(self, condition: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        V.check_tensor(condition, "condition", min_dim=2, max_dim=2)
+        return super().forward(condition).chunk(self.chunks, dim=-1)
+
+
+class SPADE(nn.Module):
+    """Spatially-adaptive normalization (Park et al. 2019): a normalization without affine
+    parameters (``norm="batch"``, the paper's, or ``"instance"``), then ``* (1 + gamma) +
+    beta`` with per-pixel ``gamma`` and ``beta`` maps computed from the segmentation map,
+    resized (nearest) to the input's size: a ``kernel_size`` convolution to ``hidden``
+    channels and a ReLU, then one convolution each for ``gamma`` and ``beta``.
+    ``forward(input, segmap)`` takes ``(N, C, H, W)`` and ``(N, label_channels, H', W')``
+    (one-hot labels). Submodule names are the authors' (``param_free_norm``, ``mlp_shared``,
+    ``mlp_gamma``, ``mlp_beta``), so their state dicts load. Derived in
+    ``chapters/19_conditional_norms.ipynb``."""
+
+    def __init__(self, num_features: int, label_channels: int, hidden: int = 128, kernel_size: int = 3,
+                 norm: str = "batch", device=None, dtype=None):
+        super().__init__()
+        for value, name in ((num_features, "num_features"), (label_channels, "label_channels"), (hidden, "hidden")):
+            V.check_positive_int(value, name)
+        V.check_odd_positive_int(kernel_size, "kernel_size")
+        factory = {"device": device, "dtype": dtype}
+        if norm == "batch":
+            self.param_free_norm = BatchNorm2d(num_features, affine=False, **factory)
+        elif norm == "instance":
+            self.param_free_norm = InstanceNorm2d(num_features, affine=False, **factory)
+        else:
+            raise ValueError(f"norm: expected 'batch' or 'instance', got {norm!r}")
+        pad = kernel_size // 2
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_channels, hidden, kernel_size, padding=pad, **factory),
+                                        nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, num_features, kernel_size, padding=pad, **factory)
+        self.mlp_beta = nn.Conv2d(hidden, num_features, kernel_size, padding=pad, **factory)
+        self.label_channels = label_channels
+
+    def forward(self, input: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
+        V.check_tensor(segmap, "segmap", min_dim=4, max_dim=4)
+        if segmap.shape[0] != input.shape[0] or segmap.shape[1] != self.label_channels:
+            raise ValueError(f"segmap: expected shape ({input.shape[0]}, {self.label_channels}, H, W), got "
+                             f"{tuple(segmap.shape)}")
+        normalized = self.param_free_norm(input)
+        features = self.mlp_shared(TF.interpolate(segmap.to(input.dtype), size=input.shape[2:], mode="nearest"))
+        return NF.modulate(normalized, self.mlp_beta(features), self.mlp_gamma(features), channels_last=False)

@@ -28,7 +28,7 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
            "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
-           "local_contrast_norm", "global_response_norm"]
+           "local_contrast_norm", "global_response_norm", "modulate"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -228,6 +228,22 @@ def global_response_norm(input, weight=None, bias=None, eps=1e-6, channels_last=
     if bias is not None:
         out = out + bias.to(xs.dtype).reshape(view)
     return (out + xs).to(input.dtype)
+
+
+def modulate(input, shift, scale, channels_last=True) -> torch.Tensor:
+    """``x * (1 + scale) + shift``, ``shift`` and ``scale`` per example and channel (``(N, C)``,
+    broadcast over the positions) or per element. Computed in float32 (or wider), rounded once.
+    Derived in ``chapters/19_conditional_norms.ipynb``."""
+    xs = input.to(stats_dtype(input.dtype))
+    ones = [1] * (input.dim() - 2)
+
+    def view(p):  # (N, C) -> (N, 1, ..., 1, C) or (N, C, 1, ..., 1)
+        p = p.to(xs.dtype)
+        if p.shape == input.shape:
+            return p
+        return p.reshape(p.shape[0], *ones, p.shape[1]) if channels_last else p.reshape(*p.shape, *ones)
+
+    return (xs * (1 + view(scale)) + view(shift)).to(input.dtype)
 
 
 def adain(content, style, eps=1e-5) -> torch.Tensor:
