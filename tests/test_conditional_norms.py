@@ -9,7 +9,7 @@ import torch.nn.functional as TF
 
 import normlib.functional as NF
 from normlib import nn
-from normlib.book.models.conditional import one_hot_maps
+from normlib.book.models.conditional import one_hot_maps, uniform_label_maps
 
 
 def test_modulate_matches_dits_definition_in_every_layout():
@@ -157,7 +157,7 @@ def test_a_uniform_label_map_is_washed_out_by_normalization_but_not_by_spade():
     # the paper's argument: conv, then InstanceNorm, of a one-label map is 0 whatever the label
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 8, 3, padding=1, padding_mode="replicate")
-    maps = one_hot_maps(torch.arange(4).view(-1, 1, 1).expand(-1, 8, 8), 4)
+    maps = uniform_label_maps(4, 8)
     washed = TF.instance_norm(conv(maps))
     assert washed.abs().max() < 1e-5
     spade = nn.SPADE(8, 4, hidden=16, norm="instance").eval()
@@ -235,7 +235,7 @@ def test_label_maps_and_the_wash_out_of_an_input_normalized_by_instance_norm():
     assert maps.shape == (400, 12, 12) and maps.min() >= 0 and maps.max() <= 3
     uniform = (maps == maps[:, :1, :1]).flatten(1).all(1).float().mean()
     assert 0.2 < uniform < 0.4  # a quarter drawn uniform, a few Voronoi maps happen to be
-    uniform_maps = one_hot_maps(torch.arange(4).view(-1, 1, 1).expand(-1, 12, 12), 4)
+    uniform_maps = uniform_label_maps(4, 12)
     for norm, washed in (("instance", True), ("spade", False)):
         out = LabelToImage(norm, width=8).eval()(uniform_maps)
         assert ((out - out[:1]).abs().max() < 1e-5) == washed, norm
@@ -279,8 +279,8 @@ def test_batch_norm_at_test_time_keeps_a_uniform_maps_label():
     torch.manual_seed(0)
     model = LabelToImage("batch", width=8)
     model(one_hot_maps(torch.randint(0, 4, (16, 12, 12)), 4))  # running statistics
-    out = model.eval()(one_hot_maps(torch.arange(4).view(-1, 1, 1).expand(-1, 12, 12), 4))
+    out = model.eval()(uniform_label_maps(4, 12))
     assert (out - out[:1]).abs().amax(dim=(1, 2, 3))[1:].min() > 1e-5  # washed out: about 1e-7
     spade_instance = LabelToImage("spade-instance", width=8).eval()
-    out = spade_instance(one_hot_maps(torch.arange(4).view(-1, 1, 1).expand(-1, 12, 12), 4))
+    out = spade_instance(uniform_label_maps(4, 12))
     assert (out - out[:1]).abs().amax(dim=(1, 2, 3))[1:].min() > 1e-5  # washed out: about 1e-7

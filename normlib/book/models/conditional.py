@@ -156,6 +156,12 @@ def one_hot_maps(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return TF.one_hot(labels, classes).permute(0, 3, 1, 2).float()
 
 
+def uniform_label_maps(classes: int, size: int) -> torch.Tensor:
+    """The ``classes`` one-hot maps of one class each, ``(classes, classes, size, size)``:
+    map ``k`` is class ``k`` everywhere."""
+    return one_hot_maps(torch.arange(classes).view(-1, 1, 1).expand(-1, size, size), classes)
+
+
 NORMS = ("instance", "batch", "spade", "spade-instance")
 
 
