@@ -173,3 +173,56 @@ def spatial_axes(ndim: int) -> tuple[int, ...]:
 def per_channel(p: torch.Tensor, ndim: int) -> torch.Tensor:
     """A ``(C,)`` vector viewed to broadcast against an ``(N, C, *)`` tensor."""
     return p.view(1, -1, *([1] * (ndim - 2)))
+
+
+# Where LayerNorm and RMSNorm round to the input dtype (the models' own modules, transcribed in
+# tests/test_norm_options.py): "fp32" once, after the gain (Gemma, T5, torch); "llama" the
+# normalized input before the gain (Llama, Mistral, Qwen2); "none" the statistics and every step.
+CASTING_MODES = ("fp32", "llama", "none")
+
+
+def check_norm_options(x: torch.Tensor, weight, weight_offset, casting_mode, out_dtype, residual=None,
+                       residual_dtype=None, memory_efficient=False) -> None:
+    """The options of the row-wise norms (LayerNorm, RMSNorm) beyond torch's arguments."""
+    check_number(weight_offset, "weight_offset")
+    if weight_offset and weight is None:
+        raise ValueError(f"weight_offset: the gain is weight_offset + weight, so it needs a weight; got "
+                         f"weight_offset={weight_offset!r} and weight=None")
+    if casting_mode not in CASTING_MODES:
+        raise ValueError(f"casting_mode: expected one of {', '.join(map(repr, CASTING_MODES))}, got {casting_mode!r}")
+    for name, dtype in (("out_dtype", out_dtype), ("residual_dtype", residual_dtype)):
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: expected None or a floating-point dtype, got {dtype!r}")
+    if residual is not None:
+        check_tensor(residual, "residual")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual: expected the input's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+        check_same_device(residual, "residual", x)
+    elif residual_dtype is not None:
+        raise ValueError("residual_dtype: is the dtype of x + residual, so it needs a residual; got residual=None")
+    if not isinstance(memory_efficient, bool):
+        raise TypeError(f"memory_efficient: expected a bool, got {type(memory_efficient).__name__}")
+    if (memory_efficient and weight is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and bool(((weight.detach().float() + weight_offset) == 0).any())):
+        raise ValueError("memory_efficient: the backward recovers x-hat as (y - bias) / (weight_offset + weight), "
+                         "so the gain must have no zeros; it has some (use memory_efficient=False)")
+
+
+def norm_output_dtype(x: torch.Tensor, weight, bias, casting_mode: str, out_dtype, residual_dtype=None):
+    """The output dtype of a row-wise norm: ``out_dtype`` if given; else the input's for
+    ``casting_mode="fp32"``; for "llama" and "none", torch's promotion of the normalized input
+    (``x + residual`` in ``residual_dtype`` when there is a residual) with the parameters, as
+    the models' own modules return."""
+    if out_dtype is not None:
+        return out_dtype
+    if casting_mode == "fp32":
+        return x.dtype
+    return promoted_dtype(residual_dtype or x.dtype, weight, bias)
+
+
+def promoted_dtype(dtype: torch.dtype, *params) -> torch.dtype:
+    """torch's type promotion of ``dtype`` with the dtypes of the tensors among ``params``."""
+    for p in params:
+        if p is not None:
+            dtype = torch.promote_types(dtype, p.dtype)
+    return dtype

@@ -306,37 +306,54 @@ def _trailing_arguments(input, normalized_shape, weight=None, bias=None) -> tupl
     return shape
 
 
-def _over_flattened_trailing_axes(norm, input, shape, *params, **kwargs) -> torch.Tensor:
-    """Apply a norm over the last axis to ``input`` with its trailing ``shape`` axes flattened into one."""
-    n = math.prod(shape)
-    flat = input.reshape(*input.shape[: input.dim() - len(shape)], n)
-    return norm(flat, *(p.reshape(n) if p is not None else None for p in params), **kwargs).reshape(input.shape)
-
-
 def layer_norm(
     input: torch.Tensor,
     normalized_shape,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
-) -> torch.Tensor:
+    *,
+    residual: torch.Tensor | None = None,
+    weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
+    out_dtype: torch.dtype | None = None,
+    residual_dtype: torch.dtype | None = None,
+    memory_efficient: bool = False,
+):
     """Layer normalization over the trailing ``normalized_shape`` axes of each example.
 
     The same computation at training and test time. Same signature and semantics as
-    :func:`torch.nn.functional.layer_norm`.
+    :func:`torch.nn.functional.layer_norm`, plus the options of the models people run
+    (keyword-only, the same on every path):
 
-    Derived in ``chapters/03_layer_norm.ipynb``.
+    * ``residual``: normalize ``input + residual`` (added in float32, rounded once to
+      ``residual_dtype``, by default the residual's: ``torch.float32`` keeps a float32 residual
+      stream beside half-precision activations) and return ``(y, input + residual)``;
+    * ``weight_offset``: the gain is ``weight_offset + weight`` (Gemma's ``1 + w``, Transformer
+      Engine's ``zero_centered_gamma``);
+    * ``casting_mode``: where the result is rounded to the input dtype, as each family's own
+      module does: ``"fp32"`` once, after the gain (Gemma; normlib's default), ``"llama"`` the
+      normalized input before the gain (Llama, Mistral, Qwen2), ``"none"`` also the statistics
+      and every step (a module written without casts);
+    * ``out_dtype``: the output's dtype (default: the input's for ``"fp32"``, else torch's
+      promotion with the parameters, as the models return);
+    * ``memory_efficient``: on the kernel path, the backward recovers the normalized input from
+      the output (Apex's option): the input need not be kept; the gain must have no zeros.
+
+    Derived in ``chapters/03_layer_norm.ipynb``; the options in ``chapters/20_kernels.ipynb``.
     """
     shape = (normalized_shape,) if type(normalized_shape) is int else normalized_shape
-    if type(shape) in _SHAPES and _native_cpu(input, eps, (weight, bias), half_ok=False):
+    if (residual is None and residual_dtype is None and not weight_offset and casting_mode == "fp32"
+            and out_dtype is None and memory_efficient is False and type(shape) in _SHAPES
+            and _native_cpu(input, eps, (weight, bias), half_ok=False)):
         return _native(torch.layer_norm, _trailing_arguments, (input, normalized_shape, weight, bias), input, shape,
                        weight, bias, eps, False)
     V.check_eps(eps)
     shape = _trailing_arguments(input, normalized_shape, weight, bias)
-    if _use_kernels(input) and input.numel():
-        from normlib.kernels import rowwise
-        return _over_flattened_trailing_axes(rowwise.layer_norm, input, shape, weight, bias, eps=eps)
-    return reference.layer_norm(input, shape, weight, bias, eps)
+    V.check_norm_options(input, weight, weight_offset, casting_mode, out_dtype, residual, residual_dtype,
+                         memory_efficient)
+    return _rowwise_norm("layer_norm", input, shape, weight, bias, eps, residual, residual_dtype, memory_efficient,
+                         weight_offset=weight_offset, casting_mode=casting_mode, out_dtype=out_dtype)
 
 
 def rms_norm(
@@ -344,28 +361,62 @@ def rms_norm(
     normalized_shape,
     weight: torch.Tensor | None = None,
     eps: float | None = None,
-) -> torch.Tensor:
+    *,
+    residual: torch.Tensor | None = None,
+    weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
+    out_dtype: torch.dtype | None = None,
+    residual_dtype: torch.dtype | None = None,
+    memory_efficient: bool = False,
+):
     """Root-mean-square normalization: ``x / sqrt(mean(x^2) + eps) * gamma``.
 
     LayerNorm without re-centering. ``eps`` sits inside the square root, as in
     :func:`torch.nn.functional.rms_norm`; ``eps=None`` means ``torch.finfo(input.dtype).eps``
     (PyTorch's default, and normlib's everywhere: modules, kernels and the book's backward).
+    The keyword options are :func:`layer_norm`'s: with ``weight_offset=1.0`` it is Gemma's
+    RMSNorm, with ``casting_mode="llama"`` Llama's, bit for bit.
 
-    Derived in ``chapters/04_rms_norm.ipynb``.
+    Derived in ``chapters/04_rms_norm.ipynb``; the options in ``chapters/20_kernels.ipynb``.
     """
     shape = (normalized_shape,) if type(normalized_shape) is int else normalized_shape
     # torch's CPU kernel applies the gain in float32 before rounding, as the reference does,
     # when input and weight share a dtype (with mixed dtypes it falls back to a slower composite)
-    if (type(shape) in _SHAPES and _native_cpu(input, 1.0 if eps is None else eps, (weight,))
+    if (residual is None and residual_dtype is None and not weight_offset and casting_mode == "fp32"
+            and out_dtype is None and memory_efficient is False and type(shape) in _SHAPES
+            and _native_cpu(input, 1.0 if eps is None else eps, (weight,))
             and (weight is None or weight.dtype is input.dtype)):
         return _native(torch.rms_norm, _trailing_arguments, (input, normalized_shape, weight), input, shape, weight,
                        eps)
     V.check_eps(eps, allow_none=True)
     shape = _trailing_arguments(input, normalized_shape, weight)
+    V.check_norm_options(input, weight, weight_offset, casting_mode, out_dtype, residual, residual_dtype,
+                         memory_efficient)
+    return _rowwise_norm("rms_norm", input, shape, weight, None, eps, residual, residual_dtype, memory_efficient,
+                         weight_offset=weight_offset, casting_mode=casting_mode, out_dtype=out_dtype)
+
+
+def _rowwise_norm(name, input, shape, weight, bias, eps, residual, residual_dtype, memory_efficient, **options):
+    """LayerNorm or RMSNorm (``name``) over the trailing ``shape`` axes, checked: the kernels on
+    CUDA tensors (the trailing axes flattened into one), else the reference; with a residual,
+    ``(y, input + residual)``."""
+    params = (weight,) if bias is None and name == "rms_norm" else (weight, bias)
     if _use_kernels(input) and input.numel():
         from normlib.kernels import rowwise
-        return _over_flattened_trailing_axes(rowwise.rms_norm, input, shape, weight, eps=eps)
-    return reference.rms_norm(input, shape, weight, eps)
+        n = math.prod(shape)
+        rows = input.shape[: input.dim() - len(shape)]
+        out = getattr(rowwise, name)(
+            input.reshape(*rows, n), *(p.reshape(n) if p is not None else None for p in params), eps=eps,
+            residual=residual.reshape(*rows, n) if residual is not None else None, residual_dtype=residual_dtype,
+            memory_efficient=memory_efficient, **options)
+        return (out[0].reshape(input.shape), out[1].reshape(input.shape)) if residual is not None else out.reshape(input.shape)
+    norm = getattr(reference, name)
+    if residual is None:
+        return norm(input, shape, *params, eps, **options)
+    summed = reference.residual_add(input, residual, residual_dtype or residual.dtype)
+    options["out_dtype"] = V.norm_output_dtype(input, weight, bias, options["casting_mode"], options["out_dtype"],
+                                               summed.dtype)
+    return norm(summed, shape, *params, eps, **options), summed
 
 
 def partial_rms_norm(

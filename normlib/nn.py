@@ -279,56 +279,98 @@ class InstanceNorm2d(_InstanceNorm):
     _input_dims = (3, 4)
 
 
-class LayerNorm(nn.Module):
-    """Layer normalization (Ba, Kiros & Hinton 2016); same API as :class:`torch.nn.LayerNorm`.
-    Derived in ``chapters/03_layer_norm.ipynb``."""
+class _RowwiseNorm(nn.Module):
+    """What LayerNorm and RMSNorm share: the options of :func:`normlib.functional.layer_norm`
+    (keyword-only), a weight that starts at ``1 - weight_offset`` so that the gain starts at 1
+    (Gemma's and Transformer Engine's zero-centred gain starts at zero), and ``forward(input,
+    residual=None)``, which with a residual returns ``(y, input + residual)``."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+    def _set_options(self, weight_offset, casting_mode, out_dtype, residual_dtype, memory_efficient, factory):
+        V.check_norm_options(torch.empty(0), torch.empty(0) if weight_offset else None, weight_offset, casting_mode,
+                             out_dtype, memory_efficient=memory_efficient)
+        if residual_dtype is not None and residual_dtype not in V.FLOAT_DTYPES:
+            raise TypeError(f"residual_dtype: expected None or a floating-point dtype, got {residual_dtype!r}")
+        self.weight_offset, self.casting_mode, self.out_dtype = weight_offset, casting_mode, out_dtype
+        self.residual_dtype, self.memory_efficient = residual_dtype, memory_efficient
+        if weight_offset and not self.elementwise_affine:
+            raise ValueError("weight_offset: the gain is weight_offset + weight, so it needs elementwise_affine=True")
+        if self.elementwise_affine:
+            self.weight = nn.Parameter(torch.full(self.normalized_shape, 1.0 - weight_offset, **factory))
+        else:
+            self.register_parameter("weight", None)
+
+    def _options(self, residual) -> dict:
+        return dict(residual=residual, weight_offset=self.weight_offset, casting_mode=self.casting_mode,
+                    out_dtype=self.out_dtype, residual_dtype=self.residual_dtype if residual is not None else None,
+                    memory_efficient=self.memory_efficient)
+
+    def _extra_options(self) -> str:
+        defaults = dict(weight_offset=0.0, casting_mode="fp32", out_dtype=None, residual_dtype=None,
+                        memory_efficient=False)
+        return "".join(f", {k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v)
+
+
+class LayerNorm(_RowwiseNorm):
+    """Layer normalization (Ba, Kiros & Hinton 2016); same API as :class:`torch.nn.LayerNorm`,
+    plus the keyword options of :func:`normlib.functional.layer_norm` (``weight_offset``,
+    ``casting_mode``, ``out_dtype``, ``residual_dtype``, ``memory_efficient``) and
+    ``forward(input, residual=None)``. Derived in ``chapters/03_layer_norm.ipynb``."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None, *,
+                 weight_offset: float = 0.0, casting_mode: str = "fp32", out_dtype: torch.dtype | None = None,
+                 residual_dtype: torch.dtype | None = None, memory_efficient: bool = False):
         super().__init__()
         self.normalized_shape = V.normalized_shape_tuple(normalized_shape)
         V.check_eps(eps)
         self.eps, self.elementwise_affine = eps, elementwise_affine
         factory = {"device": device, "dtype": dtype}
-        weight = nn.Parameter(torch.ones(self.normalized_shape, **factory)) if elementwise_affine else None
+        self._set_options(weight_offset, casting_mode, out_dtype, residual_dtype, memory_efficient, factory)
         bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory)) if elementwise_affine and bias else None
-        self.register_parameter("weight", weight)
         self.register_parameter("bias", bias)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
+        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, **self._options(residual))
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}{self._extra_options()}")
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(_RowwiseNorm):
     """Root-mean-square normalization (Zhang & Sennrich 2019); same API as
     :class:`torch.nn.RMSNorm` (``eps=None`` means the input dtype's machine epsilon), plus
     ``partial_fraction=f`` (keyword) for pRMSNorm, the RMS estimated from the first fraction ``f``
-    of the features. Derived in ``chapters/04_rms_norm.ipynb``."""
+    of the features, and the keyword options of :func:`normlib.functional.rms_norm`:
+    ``RMSNorm(d, 1e-6, weight_offset=1.0)`` is Gemma's, ``RMSNorm(d, 1e-6, casting_mode="llama")``
+    Llama's, bit for bit (their state dicts load). Derived in ``chapters/04_rms_norm.ipynb``."""
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None, *,
-                 partial_fraction: float | None = None):
+                 partial_fraction: float | None = None, weight_offset: float = 0.0, casting_mode: str = "fp32",
+                 out_dtype: torch.dtype | None = None, residual_dtype: torch.dtype | None = None,
+                 memory_efficient: bool = False):
         super().__init__()
         self.normalized_shape = V.normalized_shape_tuple(normalized_shape)
         V.check_eps(eps, allow_none=True)
         if partial_fraction is not None:
             V.check_number(partial_fraction, "partial_fraction", 0, 1, open_low=True)
         self.eps, self.elementwise_affine, self.partial_fraction = eps, elementwise_affine, partial_fraction
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
+        self._set_options(weight_offset, casting_mode, out_dtype, residual_dtype, memory_efficient,
+                          {"device": device, "dtype": dtype})
+        if partial_fraction is not None and self._extra_options():
+            raise ValueError("partial_fraction: pRMSNorm takes none of the options weight_offset, casting_mode, "
+                             "out_dtype, residual_dtype, memory_efficient")
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
         if self.partial_fraction is not None:
+            if residual is not None:
+                raise ValueError("residual: pRMSNorm (partial_fraction) takes no residual")
             return NF.partial_rms_norm(input, self.normalized_shape, self.partial_fraction, self.weight, self.eps)
-        return NF.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+        return NF.rms_norm(input, self.normalized_shape, self.weight, self.eps, **self._options(residual))
 
     def extra_repr(self) -> str:
         partial = f", partial_fraction={self.partial_fraction}" if self.partial_fraction is not None else ""
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}{partial}"
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}{partial}"
+                f"{self._extra_options()}")
 
 
 def _check_groups(num_groups, num_channels) -> None:

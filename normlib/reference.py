@@ -28,7 +28,7 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
            "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
-           "local_contrast_norm", "global_response_norm", "modulate"]
+           "local_contrast_norm", "global_response_norm", "modulate", "residual_add"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -94,22 +94,60 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
     return _affine(xs - mean, None, bias, view).to(input.dtype)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
-    """Layer normalization over the trailing ``normalized_shape`` axes of each example.
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, weight_offset=0.0, casting_mode="fp32",
+               out_dtype=None) -> torch.Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` axes of each example, with
+    gain ``weight_offset + weight``, rounded where ``casting_mode`` says (:func:`_gain`).
     Derived in ``chapters/03_layer_norm.ipynb``."""
     dims = tuple(range(-len(normalized_shape), 0))
-    y, _, _ = standardize(input, dims, eps)
-    return _affine(y, weight, bias).to(input.dtype)
+    if casting_mode == "none":
+        var, mean = torch.var_mean(input.to(stats_dtype(input.dtype)), dim=dims, keepdim=True, correction=0)
+        xhat = (input - mean.to(input.dtype)) * torch.rsqrt(var + eps).to(input.dtype)
+    else:
+        xhat, _, _ = standardize(input, dims, eps)
+    return _gain(xhat, input.dtype, weight, bias, weight_offset, casting_mode, out_dtype)
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None) -> torch.Tensor:
-    """``x / sqrt(mean(x^2) + eps) * gamma`` over the trailing axes; ``eps=None`` is the input
-    dtype's machine epsilon. Derived in ``chapters/04_rms_norm.ipynb``."""
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, weight_offset=0.0, casting_mode="fp32",
+             out_dtype=None) -> torch.Tensor:
+    """``x / sqrt(mean(x^2) + eps) * (weight_offset + gamma)`` over the trailing axes; ``eps=None``
+    is the input dtype's machine epsilon; rounded where ``casting_mode`` says (:func:`_gain`).
+    Derived in ``chapters/04_rms_norm.ipynb``."""
     eps = torch.finfo(input.dtype).eps if eps is None else eps
     dims = tuple(range(-len(normalized_shape), 0))
     xs = input.to(stats_dtype(input.dtype))
-    y = xs * torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
-    return _affine(y, weight, None).to(input.dtype)
+    rstd = torch.rsqrt(xs.square().mean(dim=dims, keepdim=True) + eps)
+    xhat = input * rstd.to(input.dtype) if casting_mode == "none" else xs * rstd
+    return _gain(xhat, input.dtype, weight, None, weight_offset, casting_mode, out_dtype)
+
+
+def _gain(xhat, dtype, weight, bias, weight_offset, casting_mode, out_dtype) -> torch.Tensor:
+    """``xhat * (weight_offset + weight) + bias`` for a normalized input ``xhat`` (float32 or
+    wider, or already in the input dtype for "none"), rounded where the models do:
+
+    * ``"fp32"``: gain and shift in float32, one rounding to the input dtype (Gemma, T5, torch);
+    * ``"llama"``: ``xhat`` rounded to the input dtype, then the gain and shift in torch's
+      promotion of it with the parameters (Llama, Mistral, Qwen2); ``"none"`` likewise, its
+      ``xhat`` computed in the input dtype from rounded statistics.
+
+    ``out_dtype`` (default: the input's for "fp32", the promoted one otherwise) rounds last."""
+    if casting_mode == "fp32":
+        if weight is not None and weight_offset:
+            weight = weight_offset + weight.to(xhat.dtype)
+        return _affine(xhat, weight, bias).to(out_dtype or dtype)
+    y = xhat.to(dtype)
+    if weight is not None:
+        y = (weight_offset + weight if weight_offset else weight) * y
+    if bias is not None:
+        y = y + bias
+    return y if out_dtype is None else y.to(out_dtype)
+
+
+def residual_add(input, residual, residual_dtype) -> torch.Tensor:
+    """``input + residual`` computed in float32 (or wider) and rounded once to ``residual_dtype``:
+    the stream a pre-norm block adds to and normalizes. Derived in ``chapters/20_kernels.ipynb``."""
+    wide = stats_dtype(torch.promote_types(input.dtype, residual.dtype))
+    return (input.to(wide) + residual.to(wide)).to(residual_dtype)
 
 
 def partial_rms_norm(input, normalized_shape, fraction, weight=None, eps=None) -> torch.Tensor:

@@ -194,20 +194,26 @@ def _backward(y):
 
 
 def rowwise_case(n: int, dtype: str, rms: bool = False, affine: bool = True, residual: bool = False,
-                 rows: int = 64) -> Case:
+                 rows: int = 64, weight_dtype: Optional[str] = None, strided: bool = False, **options) -> Case:
+    """One row-wise configuration; ``weight_dtype`` for mixed dtypes (float32 weights, and then a
+    float32 residual stream), ``strided`` rows read from a slice of a wider tensor, ``options``
+    the keyword options of :func:`normlib.kernels.rowwise.layer_norm`."""
     from normlib.kernels import rowwise
     t = DTYPES[dtype]
+    wt = DTYPES[weight_dtype or dtype]
     name = f"{'rms' if rms else 'layer'}_norm N={n} {dtype}" + ("" if affine else " no affine") + \
-        (" +residual" if residual else "") + (f" rows={rows}" if rows != 64 else "")
+        (" +residual" if residual else "") + (f" rows={rows}" if rows != 64 else "") + \
+        (f" {weight_dtype} weight" if weight_dtype else "") + (" strided" if strided else "") + \
+        "".join(f" {k}={v}" for k, v in options.items())
 
     def run():
-        x = _tensor((rows, n), t)
-        w = _tensor((n,), t) if affine else None
-        r = _tensor((rows, n), t) if residual else None
+        x = _tensor((rows, 3 * n), t)[:, n:2 * n] if strided else _tensor((rows, n), t)
+        w = _tensor((n,), wt) if affine else None
+        r = _tensor((rows, n), wt if weight_dtype else t) if residual else None
         if rms:
-            y = rowwise.rms_norm(x, w, residual=r)
+            y = rowwise.rms_norm(x, w, residual=r, **options)
         else:
-            y = rowwise.layer_norm(x, w, _tensor((n,), t) if affine else None, residual=r)
+            y = rowwise.layer_norm(x, w, _tensor((n,), wt) if affine else None, residual=r, **options)
         _backward(y[0] + y[1] if residual else y)
     return Case(name, run, n * t.itemsize, dtype)
 
@@ -271,6 +277,13 @@ def cases() -> list[Case]:
             found.append(rowwise_case(n, dtype, affine=False))
             found.append(rowwise_case(n, dtype, residual=True))
             found.append(rowwise_case(n, dtype, rms=True, residual=True))
+    for n in (64, 4096, 8192, 16384, 65536):   # the options: casting, offset gain, mixed dtypes, strides
+        for rms in (False, True):
+            found.append(rowwise_case(n, "bf16", rms, casting_mode="llama", weight_offset=1.0))
+            found.append(rowwise_case(n, "bf16", rms, casting_mode="none"))
+            found.append(rowwise_case(n, "bf16", rms, memory_efficient=True))
+            found.append(rowwise_case(n, "fp32", rms, memory_efficient=True))
+            found.append(rowwise_case(n, "bf16", rms, residual=True, weight_dtype="fp32", strided=True))
     for dtype in DTYPES:
         for channels_last in (False, True):
             for channels, groups, hw in ((32, 32, (32, 32)), (64, 32, (16, 16)), (320, 32, (16, 16)),

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from normlib._validation import CASTING_MODES as _MODE_NAMES, check_norm_options, norm_output_dtype, promoted_dtype
 from normlib.kernels._common import (accumulator_dtype, chan_merge, check_input, persistent_programs, program_budget,
                                      rows_in_flight, stats_dtype, tile_statistics)
 
@@ -46,60 +47,114 @@ TILE = 4096              # elements per program for short rows (ROWS x BLOCK_N)
 WEIGHT_GRADIENT_TILE = (8, 512)   # (rows, columns) per step of the long-row dgamma/dbeta kernel
 
 
-def max_fused_n(dtype: torch.dtype, backward: bool = False, aligned: bool = True) -> int:
+def max_fused_n(dtype: torch.dtype, backward: bool = False, aligned: bool = True, shift_too: bool = False) -> int:
     """The longest row the forward (or backward) keeps in registers for inputs of ``dtype``.
     A row whose length in bytes is not a multiple of 16 (``aligned=False``) is loaded element by
-    element, with an address each: the backward then holds half as many (no spills)."""
+    element, with an address each, and the memory-light backward of a norm with a bias
+    (``shift_too``) holds the shift as well: the backward then holds half as many (no spills)."""
     limit = (FUSED_BYTES_BACKWARD if backward else FUSED_BYTES_FORWARD) // max(4, dtype.itemsize)
-    return limit if aligned or not backward else limit // 2
+    return limit if not backward or (aligned and not shift_too) else limit // 2
 
 
-def _in_registers(n: int, dtype: torch.dtype, backward: bool = False) -> bool:
-    return n <= max_fused_n(dtype, backward, aligned=n * dtype.itemsize % 16 == 0)
+def _in_registers(n: int, dtype: torch.dtype, backward: bool = False, shift_too: bool = False) -> bool:
+    return n <= max_fused_n(dtype, backward, aligned=n * dtype.itemsize % 16 == 0, shift_too=shift_too)
 
 
-def _launch_config(n: int, dtype: torch.dtype = torch.float32, backward: bool = False) -> tuple[int, int, int]:
+def _launch_config(n: int, dtype: torch.dtype = torch.float32, backward: bool = False,
+                   shift_too: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, ROWS, num_warps) from the row length and dtype alone."""
-    block_n = triton.next_power_of_2(n) if _in_registers(n, dtype, backward) else CHUNK_N
+    block_n = triton.next_power_of_2(n) if _in_registers(n, dtype, backward, shift_too) else CHUNK_N
     # several short rows per program, at least 256 elements (8 per thread of one warp: 128-bit loads)
     rows = max(1, min(TILE // block_n, max(16, 256 // block_n)))
     num_warps = min(16, max(1, block_n * rows // 512))
     return block_n, rows, num_warps
 
 
-def _alignment(n: int, dtype: torch.dtype) -> int:
-    """The largest power of two, up to 16 bytes' worth of elements, that divides the row length:
-    passed as a constexpr with the length in its units, so that Triton can prove rows aligned
-    and use 128-bit loads (it only specializes integers divisible by 16 itself)."""
+def _alignment(dtype: torch.dtype, *lengths: int) -> int:
+    """The largest power of two, up to 16 bytes' worth of elements, that divides the row length
+    and every row stride: passed as a constexpr with the lengths in its units, so that Triton can
+    prove rows aligned and use 128-bit loads (it only specializes integers divisible by 16 itself)."""
     align = max(1, 16 // dtype.itemsize)
-    while n % align:
+    while any(length % align for length in lengths):
         align //= 2
     return align
 
 
+CASTING_MODES = {name: code for code, name in enumerate(_MODE_NAMES)}   # the kernels' CAST flag
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
+
+
 @triton.jit
-def _row_tile(start, last, cols, col_mask, N, ROWS: tl.constexpr):
-    # rows [start, start + ROWS) that are below last: indices, mask, the tile's mask and offsets
+def _row_tile(start, last, cols, col_mask, ROWS: tl.constexpr):
+    # rows [start, start + ROWS) that are below last: indices, their mask and the tile's mask
     rows = start + tl.arange(0, ROWS)
     row_mask = rows < last
-    return rows, row_mask, row_mask[:, None] & col_mask[None, :], rows.to(tl.int64)[:, None] * N + cols[None, :]
+    return rows, row_mask, row_mask[:, None] & col_mask[None, :]
 
 
-@triton.jit(do_not_specialize=["M"])
-def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
+@triton.jit
+def _at(rows, cols, stride):
+    # offsets of a tile of rows (any row stride, contiguous columns)
+    return rows.to(tl.int64)[:, None] * stride + cols[None, :]
+
+
+@triton.jit
+def _round(v, DTYPE: tl.constexpr, ACC: tl.constexpr):
+    return v.to(DTYPE).to(ACC)
+
+
+@triton.jit
+def _output(x, centered, mean, rstd, w, b, offset, IS_RMS: tl.constexpr, HAS_W: tl.constexpr,
+            HAS_B: tl.constexpr, CAST: tl.constexpr, DTYPE: tl.constexpr, W_DTYPE: tl.constexpr,
+            GAIN: tl.constexpr, ACC: tl.constexpr):
+    # xhat * (offset + w) + b, rounded where the casting mode's model rounds (CASTING_MODES):
+    # fp32 once at the store; llama xhat to the input dtype, then each step to the promoted one;
+    # none also the statistics and each step of xhat to the input dtype
+    if CAST == 2:
+        r = _round(rstd, DTYPE, ACC)
+        if IS_RMS:
+            xhat = _round(x * r, DTYPE, ACC)
+        else:
+            xhat = _round(_round(x - _round(mean, DTYPE, ACC), DTYPE, ACC) * r, DTYPE, ACC)
+    else:
+        xhat = centered * rstd
+        if CAST == 1:
+            xhat = _round(xhat, DTYPE, ACC)
+    y = xhat
+    if HAS_W:
+        gain = w + offset
+        if CAST != 0:
+            gain = _round(gain, W_DTYPE, ACC)
+        y = y * gain
+        if CAST != 0:
+            y = _round(y, GAIN, ACC)
+    if HAS_B:
+        y = y + b
+        if CAST != 0:
+            y = _round(y, GAIN, ACC)
+    return y
+
+
+@triton.jit(do_not_specialize=["M", "x_row", "r_row"])
+def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, x_row, r_row, eps, offset,
                     IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
+                    CAST: tl.constexpr, DTYPE: tl.constexpr, GAIN: tl.constexpr, DENSE: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
     N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     cols = tl.arange(0, BLOCK_N)
-    rows, row_mask, mask, offsets = _row_tile(tl.program_id(0) * ROWS, M, cols, cols < N, N, ROWS)
-    x = tl.load(X + offsets, mask=mask, other=0.0)
+    rows, row_mask, mask = _row_tile(tl.program_id(0) * ROWS, M, cols, cols < N, ROWS)
+    offsets = _at(rows, cols, N)   # of the outputs; DENSE: every input's rows are N apart too
+    x = tl.load(X + (offsets if DENSE else _at(rows, cols, x_row * ALIGN)), mask=mask, other=0.0)
     if HAS_RES:
         # round the sum to the storage dtype: the kernel normalizes exactly the tensor it returns
-        x = (x.to(ACC) + tl.load(R + offsets, mask=mask, other=0.0).to(ACC)).to(S.dtype.element_ty)
+        r = tl.load(R + (offsets if DENSE else _at(rows, cols, r_row * ALIGN)), mask=mask, other=0.0)
+        x = (x.to(ACC) + r.to(ACC)).to(S.dtype.element_ty)
         tl.store(S + offsets, x, mask=mask)
     x = x.to(ACC)
     if IS_RMS:
         centered = x
+        mean = tl.zeros([ROWS], dtype=ACC)
     else:
         mean = tl.sum(x, axis=1) / N
         centered = tl.where(mask, x - mean[:, None], 0.0)
@@ -110,31 +165,33 @@ def _forward_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
         tl.store(Mean + rows, mean, mask=row_mask)
     rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / N + eps)
     tl.store(Rstd + rows, rstd, mask=row_mask)
-    y = centered * rstd[:, None]
-    if HAS_W:
-        y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :]
-    if HAS_B:
-        y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(ACC)[None, :]
+    w = tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :] if HAS_W else 0.0
+    b = tl.load(B + cols, mask=cols < N, other=0.0).to(ACC)[None, :] if HAS_B else 0.0
+    y = _output(x, centered, mean[:, None], rstd[:, None], w, b, offset, IS_RMS, HAS_W, HAS_B, CAST, DTYPE,
+                W.dtype.element_ty, GAIN, ACC)
     tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["M"])
-def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
+@triton.jit(do_not_specialize=["M", "x_row", "r_row"])
+def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, x_row, r_row, eps, offset,
                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
+                            CAST: tl.constexpr, DTYPE: tl.constexpr, GAIN: tl.constexpr, DENSE: tl.constexpr,
                             ACC: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
     N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     # long rows, a bounded grid: program p takes rows p, p + programs, ... (rows in flight fit in L2)
     for row in range(tl.program_id(0), M, tl.num_programs(0)):
         base = tl.cast(row, tl.int64) * N
+        x_base = tl.cast(row, tl.int64) * (x_row * ALIGN)
         count = tl.zeros([], dtype=ACC)
         mean = tl.zeros([], dtype=ACC)
         m2 = tl.zeros([], dtype=ACC)
         for start in range(0, N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = cols < N
-            x = tl.load(X + base + cols, mask=mask, other=0.0)
+            x = tl.load(X + x_base + cols, mask=mask, other=0.0)
             if HAS_RES:
-                x = (x.to(ACC) + tl.load(R + base + cols, mask=mask, other=0.0).to(ACC)).to(S.dtype.element_ty)
+                r_base = tl.cast(row, tl.int64) * (r_row * ALIGN)
+                x = (x.to(ACC) + tl.load(R + r_base + cols, mask=mask, other=0.0).to(ACC)).to(S.dtype.element_ty)
                 tl.store(S + base + cols, x, mask=mask)
             x = x.to(ACC)
             if IS_RMS:
@@ -153,50 +210,62 @@ def _forward_chunked_kernel(X, R, W, B, Y, S, Mean, Rstd, M, row_units, eps,
             if HAS_RES:
                 x = tl.load(S + base + cols, mask=mask, other=0.0).to(ACC)
             else:
-                x = tl.load(X + base + cols, mask=mask, other=0.0).to(ACC)
-            if IS_RMS:
-                y = x * rstd
-            else:
-                y = (x - mean) * rstd
-            if HAS_W:
-                y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-            if HAS_B:
-                y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
+                x = tl.load(X + x_base + cols, mask=mask, other=0.0).to(ACC)
+            w = tl.load(W + cols, mask=mask, other=0.0).to(ACC) if HAS_W else 0.0
+            b = tl.load(B + cols, mask=mask, other=0.0).to(ACC) if HAS_B else 0.0
+            y = _output(x, x - mean, mean, rstd, w, b, offset, IS_RMS, HAS_W, HAS_B, CAST, DTYPE,
+                        W.dtype.element_ty, GAIN, ACC)
             tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["M", "rows_per_program"])
-def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, row_units, rows_per_program,
-                     IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
+@triton.jit
+def _xhat(x, mean, rstd, gain, b, mask, IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+          RECOMPUTE: tl.constexpr):
+    # the normalized input, from the saved input and statistics or (RECOMPUTE) from the saved
+    # output y = xhat * gain + b, which lets the input go (Apex's memory_efficient)
+    if RECOMPUTE:
+        xhat = x
+        if HAS_B:
+            xhat = xhat - b
+        if HAS_W:
+            xhat = xhat / tl.where(mask, gain, 1.0)   # no 0 / 0 in the masked columns
+    elif IS_RMS:
+        xhat = x * rstd
+    else:
+        xhat = (x - mean) * rstd
+    return tl.where(mask, xhat, 0.0)
+
+
+@triton.jit(do_not_specialize=["M", "rows_per_program", "dy_row", "x_row"])
+def _backward_kernel(DY, X, W, B, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, row_units, dy_row, x_row,
+                     rows_per_program, offset, IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                     RECOMPUTE: tl.constexpr, DENSE: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                     ROWS: tl.constexpr, ALIGN: tl.constexpr):
     N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
-    if HAS_W:
-        w = tl.load(W + cols, mask=col_mask, other=0.0).to(ACC)
+    gain = tl.load(W + cols, mask=col_mask, other=0.0).to(ACC)[None, :] + offset if HAS_W else 1.0
     dw = tl.zeros([BLOCK_N], dtype=ACC)
     db = tl.zeros([BLOCK_N], dtype=ACC)
     first = program * rows_per_program
     last = tl.minimum(first + rows_per_program, M)
     for start in range(first, last, ROWS):
-        rows, row_mask, mask, offsets = _row_tile(start, last, cols, col_mask, N, ROWS)
-        x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
-        dy = tl.load(DY + offsets, mask=mask, other=0.0).to(ACC)
-        rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-        if IS_RMS:
-            xhat = x * rstd[:, None]
-        else:
-            xhat = tl.where(mask, (x - tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]) * rstd[:, None], 0.0)
-        if HAS_W:
-            g = dy * w[None, :]
-        else:
-            g = dy
+        rows, row_mask, mask = _row_tile(start, last, cols, col_mask, ROWS)
+        offsets = _at(rows, cols, N)   # of dx; DENSE: of x and dy too
+        x = tl.load(X + (offsets if DENSE else _at(rows, cols, x_row * ALIGN)), mask=mask, other=0.0).to(ACC)
+        dy = tl.load(DY + (offsets if DENSE else _at(rows, cols, dy_row * ALIGN)), mask=mask, other=0.0).to(ACC)
+        rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)[:, None]
+        mean = 0.0 if (IS_RMS or RECOMPUTE) else tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]
+        # the shift (only to recover x-hat from the output) is read per tile, not held: registers
+        b = tl.load(B + cols, mask=col_mask, other=0.0).to(ACC)[None, :] if (RECOMPUTE and HAS_B) else 0.0
+        xhat = _xhat(x, mean, rstd, gain, b, mask, IS_RMS, HAS_W, HAS_B, RECOMPUTE)
+        g = dy * gain
         # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); RMSNorm has no mean(g) term
         correction = xhat * (tl.sum(g * xhat, axis=1) / N)[:, None]
         if not IS_RMS:
             correction += (tl.sum(g, axis=1) / N)[:, None]
-        tl.store(DX + offsets, ((g - correction) * rstd[:, None]).to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + offsets, ((g - correction) * rstd).to(DX.dtype.element_ty), mask=mask)
         dw += tl.sum(dy * xhat, axis=0)
         db += tl.sum(dy, axis=0)
     if HAS_W:
@@ -206,47 +275,56 @@ def _backward_kernel(DY, X, W, Mean, Rstd, DX, DW_PARTIAL, DB_PARTIAL, M, row_un
 
 
 @triton.jit
-def _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W: tl.constexpr, ACC: tl.constexpr,
+def _chunk_gradients(X, DY, W, B, x_base, dy_base, start, N, mean, rstd, offset, IS_RMS: tl.constexpr,
+                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RECOMPUTE: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_N: tl.constexpr):
-    # one chunk of a long row: its columns, mask, xhat and g = gamma * dy
+    # one chunk of a long row: its columns, mask, xhat and g = gain * dy
     cols = start + tl.arange(0, BLOCK_N)
     mask = cols < N
-    xhat = tl.where(mask, (tl.load(X + base + cols, mask=mask, other=0.0).to(ACC) - mean) * rstd, 0.0)
-    g = tl.load(DY + base + cols, mask=mask, other=0.0).to(ACC)
-    if HAS_W:
-        g = g * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+    gain = tl.load(W + cols, mask=mask, other=0.0).to(ACC) + offset if HAS_W else 1.0
+    b = tl.load(B + cols, mask=mask, other=0.0).to(ACC) if (RECOMPUTE and HAS_B) else 0.0
+    x = tl.load(X + x_base + cols, mask=mask, other=0.0).to(ACC)
+    xhat = _xhat(x, mean, rstd, gain, b, mask, IS_RMS, HAS_W, HAS_B, RECOMPUTE)
+    g = tl.load(DY + dy_base + cols, mask=mask, other=0.0).to(ACC) * gain
     return cols, mask, xhat, g
 
 
-@triton.jit(do_not_specialize=["M"])
-def _backward_chunked_kernel(DY, X, W, Mean, Rstd, DX, M, row_units,
-                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "dy_row", "x_row"])
+def _backward_chunked_kernel(DY, X, W, B, Mean, Rstd, DX, M, row_units, dy_row, x_row, offset,
+                             IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                             RECOMPUTE: tl.constexpr, DENSE: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                             ALIGN: tl.constexpr):
     N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     # long rows, dx only: a pass for the row's two sums, a second (from L2) for dx
     for row in range(tl.program_id(0), M, tl.num_programs(0)):
         base = tl.cast(row, tl.int64) * N
+        x_base = tl.cast(row, tl.int64) * (x_row * ALIGN)
+        dy_base = tl.cast(row, tl.int64) * (dy_row * ALIGN)
         rstd = tl.load(Rstd + row)
-        if IS_RMS:
+        if IS_RMS or RECOMPUTE:
             mean = 0.0
         else:
             mean = tl.load(Mean + row)
         sum_g = tl.zeros([], dtype=ACC)
         sum_gx = tl.zeros([], dtype=ACC)
         for start in range(0, N, BLOCK_N):
-            cols, mask, xhat, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
+            cols, mask, xhat, g = _chunk_gradients(X, DY, W, B, x_base, dy_base, start, N, mean, rstd, offset,
+                                                   IS_RMS, HAS_W, HAS_B, RECOMPUTE, ACC, BLOCK_N)
             sum_g += tl.sum(g, axis=0)
             sum_gx += tl.sum(g * xhat, axis=0)
         for start in range(0, N, BLOCK_N):
-            cols, mask, xhat, g = _chunk_gradients(X, DY, W, base, start, N, mean, rstd, HAS_W, ACC, BLOCK_N)
+            cols, mask, xhat, g = _chunk_gradients(X, DY, W, B, x_base, dy_base, start, N, mean, rstd, offset,
+                                                   IS_RMS, HAS_W, HAS_B, RECOMPUTE, ACC, BLOCK_N)
             correction = xhat * (sum_gx / N)
             if not IS_RMS:
                 correction += sum_g / N
             tl.store(DX + base + cols, ((g - correction) * rstd).to(DX.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["M", "rows_per_program"])
-def _weight_gradient_kernel(DY, X, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, row_units, rows_per_program,
-                            IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+@triton.jit(do_not_specialize=["M", "rows_per_program", "dy_row", "x_row"])
+def _weight_gradient_kernel(DY, X, W, B, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, row_units, dy_row, x_row,
+                            rows_per_program, offset, IS_RMS: tl.constexpr, HAS_W: tl.constexpr,
+                            HAS_B: tl.constexpr, RECOMPUTE: tl.constexpr, DENSE: tl.constexpr, ACC: tl.constexpr,
                             ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr):
     N = row_units * ALIGN   # the row length; Triton sees that it is a multiple of ALIGN
     # long rows: sum(dy * xhat) and sum(dy) over a block of rows for one block of columns, in registers
@@ -254,19 +332,20 @@ def _weight_gradient_kernel(DY, X, Mean, Rstd, DW_PARTIAL, DB_PARTIAL, M, row_un
     col_mask = cols < N
     dw = tl.zeros([BLOCK_N], dtype=ACC)
     db = tl.zeros([BLOCK_N], dtype=ACC)
+    # the gain and shift only to recover x-hat from the output (held over the loop: registers)
+    gain = tl.load(W + cols, mask=col_mask, other=0.0).to(ACC)[None, :] + offset if (RECOMPUTE and HAS_W) else 1.0
+    b = tl.load(B + cols, mask=col_mask, other=0.0).to(ACC)[None, :] if (RECOMPUTE and HAS_B) else 0.0
     first = tl.program_id(1) * rows_per_program
     last = tl.minimum(first + rows_per_program, M)
     for start in range(first, last, ROWS):
-        rows, row_mask, mask, offsets = _row_tile(start, last, cols, col_mask, N, ROWS)
-        dy = tl.load(DY + offsets, mask=mask, other=0.0).to(ACC)
+        rows, row_mask, mask = _row_tile(start, last, cols, col_mask, ROWS)
+        offsets = _at(rows, cols, N)   # DENSE: of both
+        dy = tl.load(DY + (offsets if DENSE else _at(rows, cols, dy_row * ALIGN)), mask=mask, other=0.0).to(ACC)
         if HAS_W:
-            x = tl.load(X + offsets, mask=mask, other=0.0).to(ACC)
-            rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-            if IS_RMS:
-                xhat = x * rstd[:, None]
-            else:
-                xhat = (x - tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]) * rstd[:, None]
-            dw += tl.sum(dy * xhat, axis=0)
+            x = tl.load(X + (offsets if DENSE else _at(rows, cols, x_row * ALIGN)), mask=mask, other=0.0).to(ACC)
+            rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)[:, None]
+            mean = 0.0 if (IS_RMS or RECOMPUTE) else tl.load(Mean + rows, mask=row_mask, other=0.0)[:, None]
+            dw += tl.sum(dy * _xhat(x, mean, rstd, gain, b, mask, IS_RMS, HAS_W, HAS_B, RECOMPUTE), axis=0)
         db += tl.sum(dy, axis=0)
     partial = tl.program_id(1).to(tl.int64) * N + cols
     if HAS_W:
@@ -279,25 +358,37 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0)
 
 
+def _row_stride(t: torch.Tensor) -> int:
+    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+
+
 @torch.library.custom_op("normlib::rowwise_norm_forward", mutates_args=())
 def _forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-             eps: float, rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y, x + residual or empty, mean or empty, rstd)`` for a contiguous ``(M, N)`` input."""
+             eps: float, rms: bool, weight_offset: float, casting_mode: str, out_dtype: torch.dtype,
+             residual_dtype: torch.dtype, memory_efficient: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, x + residual or empty, mean or empty, rstd)`` for an ``(M, N)`` input whose rows are
+    contiguous (any row stride, as is the residual's); ``memory_efficient`` only changes what the
+    backward saves."""
     m, n = x.shape
-    y = torch.empty_like(x)
-    summed = torch.empty_like(x) if residual is not None else _empty(x)
-    sd = stats_dtype(x.dtype)
+    y = torch.empty(m, n, device=x.device, dtype=out_dtype)
+    summed = torch.empty(m, n, device=x.device, dtype=residual_dtype) if residual is not None else _empty(x)
+    normalized_dtype = residual_dtype if residual is not None else x.dtype
+    sd = stats_dtype(torch.promote_types(x.dtype, normalized_dtype))
     mean = torch.empty(m, device=x.device, dtype=sd) if not rms else torch.empty(0, device=x.device, dtype=sd)
     rstd = torch.empty(m, device=x.device, dtype=sd)
     if m == 0:
         return y, summed, mean, rstd
     block_n, rows, num_warps = _launch_config(n, x.dtype)
-    align = _alignment(n, x.dtype)
+    x_row = _row_stride(x)
+    r_row = _row_stride(residual) if residual is not None else n
+    align = _alignment(x.dtype, n, x_row, r_row)
     flags = dict(IS_RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None, HAS_RES=residual is not None,
-                 ACC=accumulator_dtype(x.dtype), BLOCK_N=block_n, ALIGN=align)
+                 CAST=CASTING_MODES[casting_mode], DTYPE=_TL_DTYPES[normalized_dtype],
+                 GAIN=_TL_DTYPES[promoted_dtype(normalized_dtype, weight, bias)], DENSE=x_row == r_row == n,
+                 ACC=accumulator_dtype(sd), BLOCK_N=block_n, ALIGN=align)
     args = (x, residual if residual is not None else x, weight if weight is not None else x,
             bias if bias is not None else x, y, summed if residual is not None else y,
-            mean if not rms else rstd, rstd, m, n // align, eps)
+            mean if not rms else rstd, rstd, m, n // align, x_row // align, r_row // align, eps, weight_offset)
     if _in_registers(n, x.dtype):
         _forward_kernel[(triton.cdiv(m, rows),)](*args, **flags, ROWS=rows, num_warps=num_warps)
     else:
@@ -307,38 +398,47 @@ def _forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional
 
 
 @_forward.register_fake
-def _(x, residual, weight, bias, eps, rms):
-    sd = stats_dtype(x.dtype)
-    m = x.shape[0]
-    return (torch.empty_like(x), torch.empty_like(x) if residual is not None else x.new_empty(0),
+def _(x, residual, weight, bias, eps, rms, weight_offset, casting_mode, out_dtype, residual_dtype, memory_efficient):
+    m, n = x.shape
+    normalized_dtype = residual_dtype if residual is not None else x.dtype
+    sd = stats_dtype(torch.promote_types(x.dtype, normalized_dtype))
+    return (x.new_empty(m, n, dtype=out_dtype),
+            x.new_empty(m, n, dtype=residual_dtype) if residual is not None else x.new_empty(0),
             x.new_empty(0 if rms else m, dtype=sd), x.new_empty(m, dtype=sd))
 
 
 @torch.library.custom_op("normlib::rowwise_norm_backward", mutates_args=())
-def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
-              rms: bool, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dx, dweight or empty, dbias or empty)``; ``x`` is the normalized input (the sum with the residual)."""
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+              mean: torch.Tensor, rstd: torch.Tensor, rms: bool, has_bias: bool, weight_offset: float,
+              recompute: bool, dx_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dweight or empty, dbias or empty)``; ``x`` is the normalized input (the sum with the
+    residual), or with ``recompute`` the output, from which the kernels recompute x-hat."""
     m, n = x.shape
-    dy = dy.contiguous()
-    dx = torch.empty_like(x)
+    if dy.stride(-1) != 1:
+        dy = dy.contiguous()
+    dx = torch.empty(m, n, device=x.device, dtype=dx_dtype)
     has_w = weight is not None
-    partial_dtype = stats_dtype(x.dtype)   # float32 partial sums (float64 for float64 inputs)
-    acc = accumulator_dtype(x.dtype)
-    w_arg, mean_arg = weight if has_w else x, mean if not rms else rstd
-    block_n, rows, num_warps = _launch_config(n, x.dtype, backward=True)
-    align = _alignment(n, x.dtype)
-    if _in_registers(n, x.dtype, backward=True):
+    partial_dtype = rstd.dtype   # float32 partial sums (float64 for float64 inputs)
+    acc = accumulator_dtype(partial_dtype)
+    w_arg, b_arg, mean_arg = weight if has_w else x, bias if bias is not None else x, mean if not rms else rstd
+    shift_too = recompute and has_bias   # x-hat recovered from the output needs the shift too
+    block_n, rows, num_warps = _launch_config(n, x.dtype, backward=True, shift_too=shift_too)
+    dy_row, x_row = _row_stride(dy), _row_stride(x)
+    align = _alignment(x.dtype, n, dy_row, x_row)
+    strides = (dy_row // align, x_row // align)
+    flags = dict(IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, RECOMPUTE=recompute, DENSE=dy_row == x_row == n, ACC=acc,
+                 ALIGN=align)
+    if _in_registers(n, x.dtype, backward=True, shift_too=shift_too):
         # rows in registers: each program of a persistent grid (as many as the GPU holds at once)
         # sums its rows' dgamma/dbeta
-        options = dict(IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc, BLOCK_N=block_n, ROWS=rows, ALIGN=align,
-                       num_warps=num_warps)
-        args = [dy, x, w_arg, mean_arg, rstd, dx, rstd, rstd, m, n // align, m]
+        options = dict(flags, BLOCK_N=block_n, ROWS=rows, num_warps=num_warps)
+        args = [dy, x, w_arg, b_arg, mean_arg, rstd, dx, rstd, rstd, m, n // align, *strides, m, weight_offset]
         programs = persistent_programs(_backward_kernel, tuple(args), options, x.device, m)
         dw_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_w else _empty(rstd)
         db_partial = torch.zeros(programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
         if m > 0:
-            args[6:8] = dw_partial if has_w else rstd, db_partial if has_bias else rstd
-            args[10] = triton.cdiv(m, programs)
+            args[7:9] = dw_partial if has_w else rstd, db_partial if has_bias else rstd
+            args[13] = triton.cdiv(m, programs)
             _backward_kernel[(programs,)](*args, **options)
     else:
         # long rows: dx row by row, then dgamma/dbeta over blocks of columns
@@ -349,73 +449,94 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
         db_partial = torch.zeros(row_programs, n, device=x.device, dtype=partial_dtype) if has_bias else _empty(rstd)
         if m > 0:
             grid = (rows_in_flight(x.device, m, 2 * n * x.element_size()),)
-            _backward_chunked_kernel[grid](dy, x, w_arg, mean_arg, rstd, dx, m, n // align, IS_RMS=rms, HAS_W=has_w,
-                                           ACC=acc, BLOCK_N=block_n, ALIGN=align, num_warps=num_warps)
+            _backward_chunked_kernel[grid](dy, x, w_arg, b_arg, mean_arg, rstd, dx, m, n // align, *strides,
+                                           weight_offset, **flags, BLOCK_N=block_n, num_warps=num_warps)
             if has_w or has_bias:
                 _weight_gradient_kernel[(col_blocks, row_programs)](
-                    dy, x, mean_arg, rstd, dw_partial if has_w else rstd, db_partial if has_bias else rstd,
-                    m, n // align, triton.cdiv(m, row_programs), IS_RMS=rms, HAS_W=has_w, HAS_B=has_bias, ACC=acc,
-                    ROWS=tile_rows, BLOCK_N=tile_cols, ALIGN=align, num_warps=4)
+                    dy, x, w_arg, b_arg, mean_arg, rstd, dw_partial if has_w else rstd,
+                    db_partial if has_bias else rstd, m, n // align, *strides, triton.cdiv(m, row_programs),
+                    weight_offset, **flags, ROWS=tile_rows, BLOCK_N=tile_cols, num_warps=4)
     # second step: reduce the bounded (programs, N) buffers
     dw = dw_partial.sum(0).to(weight.dtype) if has_w else _empty(x)
-    db = db_partial.sum(0).to(x.dtype if weight is None else weight.dtype) if has_bias else _empty(x)
+    db = db_partial.sum(0).to(dx_dtype if bias is None else bias.dtype) if has_bias else _empty(x)
     return dx, dw, db
 
 
 @_backward.register_fake
-def _(dy, x, weight, mean, rstd, rms, has_bias):
-    n = x.shape[1]
-    dtype = weight.dtype if weight is not None else x.dtype
-    return (torch.empty_like(x), x.new_empty(n if weight is not None else 0, dtype=dtype),
-            x.new_empty(n if has_bias else 0, dtype=dtype))
+def _(dy, x, weight, bias, mean, rstd, rms, has_bias, weight_offset, recompute, dx_dtype):
+    m, n = x.shape
+    return (x.new_empty(m, n, dtype=dx_dtype),
+            x.new_empty(n if weight is not None else 0, dtype=weight.dtype if weight is not None else x.dtype),
+            x.new_empty(n if has_bias else 0, dtype=bias.dtype if bias is not None else dx_dtype))
 
 
 def _setup_context(ctx, inputs, output):
-    x, residual, weight, bias, eps, rms = inputs
-    _, summed, mean, rstd = output
-    ctx.save_for_backward(summed if residual is not None else x, weight, mean, rstd)
-    ctx.rms, ctx.has_bias, ctx.has_residual = rms, bias is not None, residual is not None
+    x, residual, weight, bias, eps, rms, weight_offset, casting_mode, out_dtype, residual_dtype, memory_efficient = inputs
+    y, summed, mean, rstd = output
+    normalized = summed if residual is not None else x
+    ctx.save_for_backward(y if memory_efficient else normalized, weight, bias if memory_efficient else None, mean, rstd)
+    ctx.rms, ctx.has_bias, ctx.weight_offset, ctx.recompute = rms, bias is not None, weight_offset, memory_efficient
+    ctx.dtypes = x.dtype, residual.dtype if residual is not None else None, normalized.dtype
 
 
 def _backward_formula(ctx, dy, dsum, dmean, drstd):
-    normalized_input, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _backward(dy, normalized_input, weight, mean, rstd, ctx.rms, ctx.has_bias)
-    if ctx.has_residual and dsum is not None:
+    saved, weight, bias, mean, rstd = ctx.saved_tensors
+    x_dtype, residual_dtype, normalized_dtype = ctx.dtypes
+    dx, dw, db = _backward(dy, saved, weight, bias, mean, rstd, ctx.rms, ctx.has_bias, ctx.weight_offset,
+                           ctx.recompute, normalized_dtype)
+    if residual_dtype is not None and dsum is not None:
         dx = dx + dsum   # the sum is also an output: its gradient joins the normalization's
-    return (dx, dx if ctx.has_residual else None, dw if weight is not None else None,
-            db if ctx.has_bias else None, None, None)
+    return (dx.to(x_dtype), dx.to(residual_dtype) if residual_dtype is not None else None,
+            dw if weight is not None else None, db if ctx.has_bias else None, *[None] * 7)
 
 
 _forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-def _rowwise(x, weight, bias, eps, residual, rms):
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` as ``(rows, n)`` without a copy when its rows are contiguous and evenly strided (a
+    slice of a fused projection, say); a contiguous copy otherwise."""
+    flat = t.reshape(-1, n)
+    return flat if flat.stride(-1) == 1 or n == 1 else flat.contiguous()
+
+
+def _rowwise(x, weight, bias, eps, residual, rms, weight_offset, casting_mode, out_dtype, residual_dtype,
+             memory_efficient):
     n = x.shape[-1]
     check_input(x, "input", min_dim=1, weight=weight, bias=bias)
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device):
-        raise ValueError(f"residual: expected shape {tuple(x.shape)}, dtype {x.dtype} and device {x.device}, "
-                         f"got {tuple(residual.shape)}, {residual.dtype}, {residual.device}")
-    flat = x.reshape(-1, n).contiguous()
-    flat_residual = residual.reshape(-1, n).contiguous() if residual is not None else None
+    check_norm_options(x, weight, weight_offset, casting_mode, out_dtype, residual, residual_dtype, memory_efficient)
+    if residual is not None and residual_dtype is None:
+        residual_dtype = residual.dtype
+    out_dtype = norm_output_dtype(x, weight, bias, casting_mode, out_dtype, residual_dtype if residual is not None else None)
     weight = weight.contiguous() if weight is not None else None
     bias = bias.contiguous() if bias is not None else None
-    y, summed, _, _ = _forward(flat, flat_residual, weight, bias, float(eps), rms)
+    y, summed, _, _ = _forward(_rows(x, n), _rows(residual, n) if residual is not None else None, weight, bias,
+                               float(eps), rms, float(weight_offset), casting_mode, out_dtype,
+                               residual_dtype or x.dtype, memory_efficient)
     y = y.view(x.shape)
     return (y, summed.view(x.shape)) if residual is not None else y
 
 
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-               eps: float = 1e-5, residual: Optional[torch.Tensor] = None):
+               eps: float = 1e-5, residual: Optional[torch.Tensor] = None, *, weight_offset: float = 0.0,
+               casting_mode: str = "fp32", out_dtype: Optional[torch.dtype] = None,
+               residual_dtype: Optional[torch.dtype] = None, memory_efficient: bool = False):
     """LayerNorm over the last dimension of ``x`` (float16, bfloat16, float32 or float64) with the
-    Triton kernels. With ``residual``, normalizes ``x + residual`` and returns ``(y, x + residual)``.
-    Differentiable (a ``torch.library`` custom op, so it also works under ``torch.compile``).
-    Derived in ``chapters/20_kernels.ipynb``."""
-    return _rowwise(x, weight, bias, eps, residual, rms=False)
+    Triton kernels. With ``residual``, normalizes ``x + residual`` (added in float32, stored in
+    ``residual_dtype``, by default the residual's) and returns ``(y, x + residual)``. The keyword
+    options are :func:`normlib.functional.layer_norm`'s. Rows may have any stride (their
+    elements contiguous): they are read in place. Differentiable (a ``torch.library`` custom op,
+    so it also works under ``torch.compile``). Derived in ``chapters/20_kernels.ipynb``."""
+    return _rowwise(x, weight, bias, eps, residual, False, weight_offset, casting_mode, out_dtype, residual_dtype,
+                    memory_efficient)
 
 
 def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Optional[float] = None,
-             residual: Optional[torch.Tensor] = None):
+             residual: Optional[torch.Tensor] = None, *, weight_offset: float = 0.0, casting_mode: str = "fp32",
+             out_dtype: Optional[torch.dtype] = None, residual_dtype: Optional[torch.dtype] = None,
+             memory_efficient: bool = False):
     """RMSNorm over the last dimension of ``x`` with the Triton kernels; same conventions as
     :func:`layer_norm`, and ``eps=None`` is the input dtype's machine epsilon (normlib's and
     torch's default). Derived in ``chapters/20_kernels.ipynb``."""
-    return _rowwise(x, weight, None, torch.finfo(x.dtype).eps if eps is None else eps, residual, rms=True)
+    return _rowwise(x, weight, None, torch.finfo(x.dtype).eps if eps is None else eps, residual, True, weight_offset,
+                    casting_mode, out_dtype, residual_dtype, memory_efficient)
