@@ -208,6 +208,25 @@ def check_norm_options(x: torch.Tensor, weight, weight_offset, casting_mode, out
                          "so the gain must have no zeros; it has some (use memory_efficient=False)")
 
 
+def check_modulation(x: torch.Tensor, residual, gate, scale, shift, memory_efficient=False) -> None:
+    """adaLN's ``scale``/``shift`` (both or neither) and adaLN-Zero's ``gate`` (with a residual):
+    per example ``(B, N)`` for an input ``(B, ..., N)``, or per token (the input's shape)."""
+    for name, t in (("gate", gate), ("scale", scale), ("shift", shift)):
+        if t is None:
+            continue
+        check_tensor(t, name)
+        if t.shape != x.shape and (x.dim() < 1 or t.shape != (x.shape[0], x.shape[-1])):
+            raise ValueError(f"{name}: expected shape {(x.shape[0], x.shape[-1])} (per example) or "
+                             f"{tuple(x.shape)} (per token), got {tuple(t.shape)}")
+        check_same_device(t, name, x)
+    if gate is not None and residual is None:
+        raise ValueError("gate: multiplies the input before the residual add, so it needs a residual")
+    if (scale is None) != (shift is None):
+        raise ValueError("scale, shift: expected both or neither")
+    if memory_efficient and scale is not None:
+        raise ValueError("memory_efficient: the output cannot be inverted through a modulation (scale, shift)")
+
+
 def norm_output_dtype(x: torch.Tensor, weight, bias, casting_mode: str, out_dtype, residual_dtype=None):
     """The output dtype of a row-wise norm: ``out_dtype`` if given; else the input's for
     ``casting_mode="fp32"``; for "llama" and "none", torch's promotion of the normalized input

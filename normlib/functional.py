@@ -319,6 +319,9 @@ def layer_norm(
     out_dtype: torch.dtype | None = None,
     residual_dtype: torch.dtype | None = None,
     memory_efficient: bool = False,
+    gate: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ):
     """Layer normalization over the trailing ``normalized_shape`` axes of each example.
 
@@ -338,13 +341,22 @@ def layer_norm(
     * ``out_dtype``: the output's dtype (default: the input's for ``"fp32"``, else torch's
       promotion with the parameters, as the models return);
     * ``memory_efficient``: on the kernel path, the backward recovers the normalized input from
-      the output (Apex's option): the input need not be kept; the gain must have no zeros.
+      the output (Apex's option): the input need not be kept; the gain must have no zeros;
+    * ``scale``, ``shift``: adaLN's modulation, ``y * (1 + scale) + shift`` in float32 before the
+      one rounding, per example (``(B, N)`` for an input ``(B, ..., N)``) or per token;
+    * ``gate``: adaLN-Zero's gated residual, ``input + residual`` becomes
+      ``residual + gate * input`` (per example or per token).
+
+    One fused kernel on CUDA tensors does all of it: a DiT block's
+    ``x = x + gate * attn(...); h = modulate(norm(x), shift, scale)`` is
+    ``h, x = layer_norm(attn(...), (d,), residual=x, gate=gate, scale=scale, shift=shift)``.
 
     Derived in ``chapters/03_layer_norm.ipynb``; the options in ``chapters/20_kernels.ipynb``.
     """
     shape = (normalized_shape,) if type(normalized_shape) is int else normalized_shape
     if (residual is None and residual_dtype is None and not weight_offset and casting_mode == "fp32"
-            and out_dtype is None and memory_efficient is False and type(shape) in _SHAPES
+            and out_dtype is None and memory_efficient is False and scale is None and shift is None
+            and gate is None and type(shape) in _SHAPES
             and _native_cpu(input, eps, (weight, bias), half_ok=False)):
         return _native(torch.layer_norm, _trailing_arguments, (input, normalized_shape, weight, bias), input, shape,
                        weight, bias, eps, False)
@@ -352,8 +364,10 @@ def layer_norm(
     shape = _trailing_arguments(input, normalized_shape, weight, bias)
     V.check_norm_options(input, weight, weight_offset, casting_mode, out_dtype, residual, residual_dtype,
                          memory_efficient)
+    V.check_modulation(input, residual, gate, scale, shift, memory_efficient)
     return _rowwise_norm("layer_norm", input, shape, weight, bias, eps, residual, residual_dtype, memory_efficient,
-                         weight_offset=weight_offset, casting_mode=casting_mode, out_dtype=out_dtype)
+                         (gate, scale, shift), weight_offset=weight_offset, casting_mode=casting_mode,
+                         out_dtype=out_dtype)
 
 
 def rms_norm(
@@ -368,6 +382,9 @@ def rms_norm(
     out_dtype: torch.dtype | None = None,
     residual_dtype: torch.dtype | None = None,
     memory_efficient: bool = False,
+    gate: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ):
     """Root-mean-square normalization: ``x / sqrt(mean(x^2) + eps) * gamma``.
 
@@ -383,7 +400,8 @@ def rms_norm(
     # torch's CPU kernel applies the gain in float32 before rounding, as the reference does,
     # when input and weight share a dtype (with mixed dtypes it falls back to a slower composite)
     if (residual is None and residual_dtype is None and not weight_offset and casting_mode == "fp32"
-            and out_dtype is None and memory_efficient is False and type(shape) in _SHAPES
+            and out_dtype is None and memory_efficient is False and scale is None and shift is None
+            and gate is None and type(shape) in _SHAPES
             and _native_cpu(input, 1.0 if eps is None else eps, (weight,))
             and (weight is None or weight.dtype is input.dtype)):
         return _native(torch.rms_norm, _trailing_arguments, (input, normalized_shape, weight), input, shape, weight,
@@ -392,31 +410,40 @@ def rms_norm(
     shape = _trailing_arguments(input, normalized_shape, weight)
     V.check_norm_options(input, weight, weight_offset, casting_mode, out_dtype, residual, residual_dtype,
                          memory_efficient)
+    V.check_modulation(input, residual, gate, scale, shift, memory_efficient)
     return _rowwise_norm("rms_norm", input, shape, weight, None, eps, residual, residual_dtype, memory_efficient,
-                         weight_offset=weight_offset, casting_mode=casting_mode, out_dtype=out_dtype)
+                         (gate, scale, shift), weight_offset=weight_offset, casting_mode=casting_mode,
+                         out_dtype=out_dtype)
 
 
-def _rowwise_norm(name, input, shape, weight, bias, eps, residual, residual_dtype, memory_efficient, **options):
+def _rowwise_norm(name, input, shape, weight, bias, eps, residual, residual_dtype, memory_efficient, conditions,
+                  **options):
     """LayerNorm or RMSNorm (``name``) over the trailing ``shape`` axes, checked: the kernels on
-    CUDA tensors (the trailing axes flattened into one), else the reference; with a residual,
-    ``(y, input + residual)``."""
-    params = (weight,) if bias is None and name == "rms_norm" else (weight, bias)
+    CUDA tensors (the trailing axes flattened into one), else the reference; ``conditions`` is
+    ``(gate, scale, shift)``; with a residual, ``(y, residual + [gate *] input)``."""
+    params = (weight,) if name == "rms_norm" else (weight, bias)
+    gate, scale, shift = conditions
+    n = math.prod(shape)
     if _use_kernels(input) and input.numel():
         from normlib.kernels import rowwise
-        n = math.prod(shape)
         rows = input.shape[: input.dim() - len(shape)]
         out = getattr(rowwise, name)(
             input.reshape(*rows, n), *(p.reshape(n) if p is not None else None for p in params), eps=eps,
             residual=residual.reshape(*rows, n) if residual is not None else None, residual_dtype=residual_dtype,
-            memory_efficient=memory_efficient, **options)
+            memory_efficient=memory_efficient, gate=gate, scale=scale, shift=shift, **options)
         return (out[0].reshape(input.shape), out[1].reshape(input.shape)) if residual is not None else out.reshape(input.shape)
     norm = getattr(reference, name)
-    if residual is None:
-        return norm(input, shape, *params, eps, **options)
-    summed = reference.residual_add(input, residual, residual_dtype or residual.dtype)
-    options["out_dtype"] = V.norm_output_dtype(input, weight, bias, options["casting_mode"], options["out_dtype"],
-                                               summed.dtype)
-    return norm(summed, shape, *params, eps, **options), summed
+    out_dtype = V.norm_output_dtype(input, weight, bias, options["casting_mode"], options["out_dtype"],
+                                    (residual_dtype or residual.dtype) if residual is not None else None)
+    summed = reference.residual_add(input, residual, residual_dtype or residual.dtype, gate) if residual is not None else None
+    normalized = summed if residual is not None else input
+    if scale is None:
+        y = norm(normalized, shape, *params, eps, **dict(options, out_dtype=out_dtype))
+    else:   # the modulation in float32 (or wider), one rounding at the end (as the kernel does)
+        flat = norm(normalized, shape, *params, eps, **dict(options, out_dtype=V.stats_dtype(out_dtype)))
+        flat = flat.reshape(*input.shape[: input.dim() - len(shape)], n)
+        y = reference.modulate(flat, shift, scale).to(out_dtype).reshape(input.shape)
+    return (y, summed) if residual is not None else y
 
 
 def partial_rms_norm(
@@ -708,6 +735,9 @@ def dyt(
     features = (input.shape[-1] if channels_last else input.shape[1],)
     V.check_param(weight, "weight", features, input)
     V.check_param(bias, "bias", features, input)
+    if _use_kernels(input) and input.numel():
+        from normlib.kernels import dyt as kernel
+        return kernel.dyt(input, alpha, weight, bias, channels_last)
     return reference.dyt(input, alpha, weight, bias, channels_last)
 
 

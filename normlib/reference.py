@@ -28,7 +28,7 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
            "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
-           "local_contrast_norm", "global_response_norm", "modulate", "residual_add"]
+           "local_contrast_norm", "global_response_norm", "modulate", "per_condition", "residual_add"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -143,11 +143,13 @@ def _gain(xhat, dtype, weight, bias, weight_offset, casting_mode, out_dtype) -> 
     return y if out_dtype is None else y.to(out_dtype)
 
 
-def residual_add(input, residual, residual_dtype) -> torch.Tensor:
-    """``input + residual`` computed in float32 (or wider) and rounded once to ``residual_dtype``:
+def residual_add(input, residual, residual_dtype, gate=None) -> torch.Tensor:
+    """``residual + input`` (or adaLN-Zero's gated ``residual + gate * input``, the gate per
+    example or per token) computed in float32 (or wider) and rounded once to ``residual_dtype``:
     the stream a pre-norm block adds to and normalizes. Derived in ``chapters/20_kernels.ipynb``."""
     wide = stats_dtype(torch.promote_types(input.dtype, residual.dtype))
-    return (input.to(wide) + residual.to(wide)).to(residual_dtype)
+    branch = input.to(wide) if gate is None else input.to(wide) * per_condition(gate, input.to(wide))
+    return (branch + residual.to(wide)).to(residual_dtype)
 
 
 def partial_rms_norm(input, normalized_shape, fraction, weight=None, eps=None) -> torch.Tensor:
@@ -273,15 +275,18 @@ def modulate(input, shift, scale, channels_last=True) -> torch.Tensor:
     broadcast over the positions) or per element. Computed in float32 (or wider), rounded once.
     Derived in ``chapters/19_conditional_norms.ipynb``."""
     xs = input.to(stats_dtype(input.dtype))
-    ones = [1] * (input.dim() - 2)
+    return (xs * (1 + per_condition(scale, xs, channels_last)) + per_condition(shift, xs, channels_last)).to(input.dtype)
 
-    def view(p):  # (N, C) -> (N, 1, ..., 1, C) or (N, C, 1, ..., 1)
-        p = p.to(xs.dtype)
-        if p.shape == input.shape:
-            return p
-        return p.reshape(p.shape[0], *ones, p.shape[1]) if channels_last else p.reshape(*p.shape, *ones)
 
-    return (xs * (1 + view(scale)) + view(shift)).to(input.dtype)
+def per_condition(p, like, channels_last=True) -> torch.Tensor:
+    """A per-example ``(N, C)`` tensor viewed to broadcast over ``like``'s positions
+    (``(N, 1, ..., 1, C)``, or ``(N, C, 1, ..., 1)`` channels-first), in ``like``'s dtype; a
+    tensor of ``like``'s shape (per element) as it is."""
+    p = p.to(like.dtype)
+    if p.shape == like.shape:
+        return p
+    ones = [1] * (like.dim() - 2)
+    return p.reshape(p.shape[0], *ones, p.shape[1]) if channels_last else p.reshape(*p.shape, *ones)
 
 
 def adain(content, style, eps=1e-5) -> torch.Tensor:

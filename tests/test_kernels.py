@@ -210,7 +210,7 @@ def test_rowwise_gradcheck_in_float64(rms):
 def test_statistics_are_saved_in_float32_for_half_inputs():
     x = torch.randn(4, 64, device=DEVICE, dtype=torch.bfloat16)
     y, _, mean, rstd = torch.ops.normlib.rowwise_norm_forward(
-        x, None, None, None, 1e-5, False, 0.0, "fp32", x.dtype, x.dtype, False)
+        x, None, None, None, None, None, None, 1e-5, False, 0.0, "fp32", x.dtype, x.dtype, False, 1)
     assert mean.dtype == rstd.dtype == torch.float32 and y.dtype == torch.bfloat16
     torch.testing.assert_close(mean, x.float().mean(1))
 
@@ -390,11 +390,15 @@ def test_custom_ops_pass_torch_library_opcheck():
     x = torch.randn(5, 16, device=DEVICE, requires_grad=True)
     w = torch.rand(16, device=DEVICE, requires_grad=True)
     f32, b16 = torch.float32, torch.bfloat16
-    for args in ((x, None, w, w, 1e-5, False, 0.0, "fp32", f32, f32, False),
-                 (x, x.detach().clone(), w, None, 1e-5, True, 0.0, "fp32", f32, f32, False),
+    gate, scale, shift = (torch.rand(1, 16, device=DEVICE, requires_grad=True) for _ in range(3))   # 5 rows each
+    for args in ((x, None, w, w, None, None, None, 1e-5, False, 0.0, "fp32", f32, f32, False, 1),
+                 (x, x.detach().clone(), w, None, None, None, None, 1e-5, True, 0.0, "fp32", f32, f32, False, 1),
                  # the options: offset gain, Llama's casting, another output dtype, memory-light backward
-                 (x, None, w, w, 1e-5, False, 1.0, "llama", b16, f32, True),
-                 (x.to(b16), x.detach().clone(), w, None, 1e-5, True, 1.0, "none", b16, f32, True)):
+                 (x, None, w, w, None, None, None, 1e-5, False, 1.0, "llama", b16, f32, True, 1),
+                 (x.to(b16), x.detach().clone(), w, None, None, None, None, 1e-5, True, 1.0, "none", b16, f32, True, 1),
+                 # adaLN-Zero: the gated residual add and the modulation
+                 (x, x.detach().clone(), w, w, gate, scale, shift, 1e-5, False, 0.0,
+                  "fp32", f32, f32, False, 5)):
         torch.library.opcheck(torch.ops.normlib.rowwise_norm_forward, args)
     images = torch.randn(2, 4, 3, 3, device=DEVICE, requires_grad=True)
     c = torch.rand(4, device=DEVICE, requires_grad=True)

@@ -319,3 +319,111 @@ def test_bad_options_are_named(call, message):
     x, w = torch.randn(3, 8), torch.rand(8)
     with pytest.raises((TypeError, ValueError), match=message):
         call(x, w)
+
+
+# adaLN: the modulation y * (1 + scale) + shift and adaLN-Zero's gated residual, fused
+
+def dit_block_reference(x, branch, gate, scale, shift, norm):
+    """DiT's own code path, transcribed: ``x = x + gate.unsqueeze(1) * branch`` and
+    ``modulate(norm(x), shift, scale) = norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)``."""
+    x = x + gate.unsqueeze(1) * branch
+    return norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1), x
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_modulated_norm_is_dits_block_in_float64(norm):
+    g = torch.Generator().manual_seed(6)
+    x, branch = (torch.randn(3, 7, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    gate, scale, shift = (torch.randn(3, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    f = getattr(NF, norm)
+    y, summed = f(branch, (16,), residual=x, gate=gate, scale=scale, shift=shift)
+    y_dit, x_dit = dit_block_reference(x, branch, gate, scale, shift, lambda t: f(t, (16,)))
+    torch.testing.assert_close(summed, x_dit, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(y, y_dit, rtol=1e-14, atol=1e-14)
+    per_token = f(x, (16,), scale=scale[:, None].expand(3, 7, 16), shift=shift[:, None].expand(3, 7, 16))
+    torch.testing.assert_close(per_token, f(x, (16,), scale=scale, shift=shift), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", ["per example", "one example", "per token", "long rows"])
+def test_modulated_norm_kernel_matches_the_reference(norm, dtype, layout):
+    n = rowwise.max_fused_n(dtype, backward=True, more_held=True) + 64 if layout == "long rows" else 48
+    # one example of 41 tokens: programs split its rows; three: a program (or more) each
+    batch, tokens = {"long rows": (2, 3), "one example": (1, 41)}.get(layout, (3, 41))
+    g = torch.Generator().manual_seed(7)
+    x, branch = (torch.randn(batch, tokens, n, generator=g).to(dtype) for _ in range(2))
+    cond_shape = (batch, tokens, n) if layout == "per token" else (batch, n)
+    gate, scale, shift = ((torch.randn(cond_shape, generator=g) * 0.5).to(dtype) for _ in range(3))
+    w = (torch.rand(n, generator=g) + 0.5).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    params = (w, b) if norm == "layer_norm" else (w,)
+    dy, ds = (torch.randn(batch, tokens, n, generator=g).to(dtype) for _ in range(2))
+
+    def run(f, device):
+        leaves = [t.detach().clone().to(device).requires_grad_() for t in (branch, x, gate, scale, shift, *params)]
+        y, summed = f(leaves[0], (n,), *leaves[5:], residual=leaves[1], gate=leaves[2], scale=leaves[3],
+                      shift=leaves[4])
+        torch.autograd.backward((y, summed), (dy.to(device), ds.to(device)))
+        return [y, summed] + [t.grad for t in leaves]
+
+    f = getattr(NF, norm)
+    with_kernels = pytest.MonkeyPatch.context()
+    with with_kernels as patch:
+        patch.setattr(NF, "_use_kernels", lambda input: True)
+        ours = run(f, DEVICE)
+    theirs = run(f, "cpu")
+    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=6e-2, rtol=3e-2)
+    for name, a, e in zip(["y", "sum", "dbranch", "dx", "dgate", "dscale", "dshift", "dweight", "dbias"], ours, theirs):
+        assert a.dtype == e.dtype, name
+        torch.testing.assert_close(a.cpu().double(), e.double(), **tolerance, msg=name)
+
+
+def test_modulated_norm_gradcheck_in_float64():
+    g = torch.Generator().manual_seed(8)
+    leaves = [torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+              for shape in ((2, 3, 8), (2, 3, 8), (2, 8), (2, 8), (2, 8), (8,), (8,))]
+
+    def block(kernel):
+        def f(branch, x, gate, scale, shift, w, b):
+            y, s = (rowwise.layer_norm if kernel else
+                    lambda *a, **k: NF.layer_norm(a[0], (8,), *a[1:], **k))(
+                branch, w, b, residual=x, gate=gate, scale=scale, shift=shift)
+            return torch.cat([y, s])
+        return f
+
+    assert torch.autograd.gradcheck(block(True), leaves)
+    assert torch.autograd.gradcheck(block(False), [t.detach().cpu().requires_grad_() for t in leaves])
+
+
+def test_modulated_norm_under_torch_compile():
+    backend = "inductor" if GPU else "aot_eager"
+    x, branch = (torch.randn(2, 5, 32, device=DEVICE, requires_grad=True) for _ in range(2))
+    gate, scale, shift = (torch.randn(2, 32, device=DEVICE, requires_grad=True) for _ in range(3))
+
+    def block(*t):
+        y, s = rowwise.rms_norm(t[0], None, 1e-6, residual=t[1], gate=t[2], scale=t[3], shift=t[4])
+        return (y * s).sum()
+
+    inputs = (branch, x, gate, scale, shift)
+    loss = torch.compile(block, backend=backend, fullgraph=True)(*inputs)
+    torch.testing.assert_close(loss, block(*inputs))
+    for a, b in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(block(*inputs), inputs)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scale="s"), "scale, shift: expected both or neither"),
+    (dict(gate="s", scale="s", shift="s"), "gate: multiplies the input before the residual add"),
+    (dict(scale="bad", shift="s"), "scale: expected shape"),
+    (dict(scale="s", shift="s", memory_efficient=True), "memory_efficient: the output cannot be inverted"),
+])
+def test_bad_modulation_is_named(kwargs, message):
+    x = torch.randn(2, 3, 8)
+    values = {"s": torch.randn(2, 8), "bad": torch.randn(3, 8)}
+    kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    for call in (lambda: NF.layer_norm(x, (8,), torch.ones(8), **kwargs),
+                 lambda: rowwise.layer_norm(x.to(DEVICE), torch.ones(8, device=DEVICE),
+                                            **{k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kwargs.items()})):
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -1,7 +1,10 @@
 """Fused Triton kernels for the normalizations (GPU), with the same results as the reference path.
 
 * :mod:`normlib.kernels.rowwise`: LayerNorm and RMSNorm over the last dimension (one kernel family
-  with a flag), optional fused residual add.
+  with a flag), with the models' options (offset gain, casting modes, mixed dtypes, strided rows,
+  a memory-light backward), an optional fused residual add (adaLN-Zero's gated one too) and
+  adaLN's modulation.
+* :mod:`normlib.kernels.dyt`: Dynamic Tanh, both layouts.
 * :mod:`normlib.kernels.group_norm`: GroupNorm (InstanceNorm is ``num_groups = C``), contiguous and
   channels_last inputs.
 * :mod:`normlib.kernels.batch_norm`: BatchNorm training (per-channel statistics over the batch and

@@ -194,28 +194,46 @@ def _backward(y):
 
 
 def rowwise_case(n: int, dtype: str, rms: bool = False, affine: bool = True, residual: bool = False,
-                 rows: int = 64, weight_dtype: Optional[str] = None, strided: bool = False, **options) -> Case:
+                 rows: int = 64, weight_dtype: Optional[str] = None, strided: bool = False, modulated: bool = False,
+                 **options) -> Case:
     """One row-wise configuration; ``weight_dtype`` for mixed dtypes (float32 weights, and then a
-    float32 residual stream), ``strided`` rows read from a slice of a wider tensor, ``options``
-    the keyword options of :func:`normlib.kernels.rowwise.layer_norm`."""
+    float32 residual stream), ``strided`` rows read from a slice of a wider tensor, ``modulated``
+    adaLN-Zero's gate, scale and shift (two examples), ``options`` the keyword options of
+    :func:`normlib.kernels.rowwise.layer_norm`."""
     from normlib.kernels import rowwise
     t = DTYPES[dtype]
     wt = DTYPES[weight_dtype or dtype]
     name = f"{'rms' if rms else 'layer'}_norm N={n} {dtype}" + ("" if affine else " no affine") + \
         (" +residual" if residual else "") + (f" rows={rows}" if rows != 64 else "") + \
         (f" {weight_dtype} weight" if weight_dtype else "") + (" strided" if strided else "") + \
+        (" modulated" if modulated else "") + \
         "".join(f" {k}={v}" for k, v in options.items())
 
     def run():
         x = _tensor((rows, 3 * n), t)[:, n:2 * n] if strided else _tensor((rows, n), t)
         w = _tensor((n,), wt) if affine else None
         r = _tensor((rows, n), wt if weight_dtype else t) if residual else None
+        if modulated:
+            x, r = x.reshape(2, rows // 2, n), r.reshape(2, rows // 2, n)
+            options.update(zip(("gate", "scale", "shift"), (_tensor((2, n), t) for _ in range(3))))
         if rms:
             y = rowwise.rms_norm(x, w, residual=r, **options)
         else:
             y = rowwise.layer_norm(x, w, _tensor((n,), wt) if affine else None, residual=r, **options)
         _backward(y[0] + y[1] if residual else y)
     return Case(name, run, n * t.itemsize, dtype)
+
+
+def dyt_case(shape: tuple, dtype: str, channels_last: bool = True) -> Case:
+    from normlib.kernels import dyt
+    t = DTYPES[dtype]
+    name = f"dyt {'x'.join(map(str, shape))} {dtype}" + ("" if channels_last else " channels-first")
+
+    def run():
+        channels = shape[-1] if channels_last else shape[1]
+        _backward(dyt.dyt(_tensor(shape, t), _tensor((1,), t), _tensor((channels,), t), _tensor((channels,), t),
+                          channels_last))
+    return Case(name, run, shape[-1] * t.itemsize, dtype)
 
 
 def group_norm_case(channels: int, groups: int, positions: tuple[int, int], dtype: str, channels_last: bool = False,
@@ -284,6 +302,10 @@ def cases() -> list[Case]:
             found.append(rowwise_case(n, "bf16", rms, memory_efficient=True))
             found.append(rowwise_case(n, "fp32", rms, memory_efficient=True))
             found.append(rowwise_case(n, "bf16", rms, residual=True, weight_dtype="fp32", strided=True))
+            found.append(rowwise_case(n, "bf16", rms, residual=True, modulated=True))
+    for dtype in DTYPES:   # DyT, both layouts
+        for shape in ((64, 4096), (64, 1000), (8, 64, 32, 32), (8, 3, 7, 7)):
+            found.append(dyt_case(shape, dtype, channels_last=len(shape) == 2))
     for dtype in DTYPES:
         for channels_last in (False, True):
             for channels, groups, hw in ((32, 32, (32, 32)), (64, 32, (16, 16)), (320, 32, (16, 16)),
