@@ -36,6 +36,7 @@ __all__ = [
     "batch_group_norm",
     "layer_norm",
     "rms_norm",
+    "qk_norm",
     "partial_rms_norm",
     "group_norm",
     "instance_norm",
@@ -444,6 +445,52 @@ def _rowwise_norm(name, input, shape, weight, bias, eps, residual, residual_dtyp
         flat = flat.reshape(*input.shape[: input.dim() - len(shape)], n)
         y = reference.modulate(flat, shift, scale).to(out_dtype).reshape(input.shape)
     return (y, summed) if residual is not None else y
+
+
+def qk_norm(
+    input: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    rms: bool = True,
+) -> torch.Tensor:
+    """Per-head QK-norm (Henry et al. 2020; Dehghani et al. 2023): RMSNorm (``rms=False``:
+    LayerNorm, with ``bias``) over the head dimension of queries or keys ``(..., T, H, D)``,
+    one gain of shape ``(D,)`` shared by the heads, optionally followed by the rotary embedding
+    (``cos``/``sin`` of shape ``(T, D/2)``, GPT-NeoX's half rotation, as Llama's and Qwen's
+    ``rotate_half``). Statistics, gain and rotation in float32 (or wider), one rounding.
+
+    ``eps=None`` is the input dtype's machine epsilon for RMSNorm, 1e-5 for LayerNorm. On CUDA
+    tensors one kernel does it all and reads ``input`` in place when its leading axes collapse
+    into one token axis: ``qk_norm(qkv.view(B, T, 3, H, D)[:, :, 0], w)`` normalizes the
+    queries of a fused projection without a copy. The output is contiguous.
+
+    Derived in ``chapters/14_attention_norms.ipynb``; the kernel in ``chapters/20_kernels.ipynb``.
+    """
+    V.check_tensor(input, "input", min_dim=3 if cos is not None else 1)
+    d = input.shape[-1]
+    V.check_param(weight, "weight", (d,), input)
+    V.check_param(bias, "bias", (d,), input)
+    V.check_eps(eps, allow_none=True)
+    if not isinstance(rms, bool):
+        raise TypeError(f"rms: expected a bool, got {type(rms).__name__}")
+    if rms and bias is not None:
+        raise ValueError("bias: RMSNorm has no shift; pass rms=False for LayerNorm")
+    if (cos is None) != (sin is None):
+        raise ValueError("cos, sin: expected both (the rotary embedding) or neither")
+    if cos is not None:
+        if d % 2:
+            raise ValueError(f"input: the rotary embedding rotates pairs, so the head dimension must be even, got {d}")
+        for name, t in (("cos", cos), ("sin", sin)):
+            V.check_param(t, name, (input.shape[-3], d // 2), input)
+    if _use_kernels(input) and input.numel() and d % 2 == 0:
+        from normlib.kernels import qk_norm as kernel
+        if d <= kernel.MAX_D:
+            return kernel.qk_norm(input, weight, eps, bias, cos, sin, rms)
+    return reference.qk_norm(input, weight, eps, bias, cos, sin, rms)
 
 
 def partial_rms_norm(

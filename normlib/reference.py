@@ -28,7 +28,7 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
            "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
-           "local_contrast_norm", "global_response_norm", "modulate", "per_condition", "residual_add"]
+           "local_contrast_norm", "global_response_norm", "modulate", "per_condition", "residual_add", "qk_norm"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -141,6 +141,23 @@ def _gain(xhat, dtype, weight, bias, weight_offset, casting_mode, out_dtype) -> 
     if bias is not None:
         y = y + bias
     return y if out_dtype is None else y.to(out_dtype)
+
+
+def qk_norm(input, weight=None, eps=None, bias=None, cos=None, sin=None, rms=True) -> torch.Tensor:
+    """Per-head QK-norm: RMSNorm (or LayerNorm, ``rms=False``) over the last axis (the head
+    dimension D) of ``(..., T, H, D)``, then, with ``cos``/``sin`` of shape ``(T, D/2)``, the
+    rotary embedding (GPT-NeoX's half rotation: ``(a, b) -> (a cos - b sin, b cos + a sin)`` on the
+    halves), all in float32 (or wider), rounded once. Derived in ``chapters/14_attention_norms.ipynb``."""
+    wide = stats_dtype(input.dtype)
+    if rms:
+        y = rms_norm(input, (input.shape[-1],), weight, eps, out_dtype=wide)
+    else:
+        y = layer_norm(input, (input.shape[-1],), weight, bias, 1e-5 if eps is None else eps, out_dtype=wide)
+    if cos is not None:
+        first, second = y.chunk(2, dim=-1)
+        cos, sin = cos.to(wide)[:, None, :], sin.to(wide)[:, None, :]   # (T, 1, D/2): over the heads
+        y = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    return y.to(input.dtype)
 
 
 def residual_add(input, residual, residual_dtype, gate=None) -> torch.Tensor:

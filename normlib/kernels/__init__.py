@@ -5,6 +5,8 @@
   a memory-light backward), an optional fused residual add (adaLN-Zero's gated one too) and
   adaLN's modulation.
 * :mod:`normlib.kernels.dyt`: Dynamic Tanh, both layouts.
+* :mod:`normlib.kernels.qk_norm`: per-head QK-norm read in place from a fused QKV projection,
+  with the rotary embedding in the same kernel.
 * :mod:`normlib.kernels.group_norm`: GroupNorm (InstanceNorm is ``num_groups = C``), contiguous and
   channels_last inputs.
 * :mod:`normlib.kernels.batch_norm`: BatchNorm training (per-channel statistics over the batch and

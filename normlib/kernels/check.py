@@ -236,6 +236,20 @@ def dyt_case(shape: tuple, dtype: str, channels_last: bool = True) -> Case:
     return Case(name, run, shape[-1] * t.itemsize, dtype)
 
 
+def qk_norm_case(d: int, dtype: str, rms: bool = True, rotary: bool = True, heads: int = 8, tokens: int = 64) -> Case:
+    from normlib.kernels import qk_norm
+    t = DTYPES[dtype]
+    name = f"qk_norm D={d} {dtype}" + ("" if rms else " layer_norm") + (" rotary" if rotary else "")
+
+    def run():
+        qkv = _tensor((2, tokens, 3 * heads * d), t)
+        keys = qkv.view(2, tokens, 3, heads, d)[:, :, 1]          # read in place from the projection
+        w = _tensor((d,), t)
+        cos, sin = (torch.rand(tokens, d // 2), torch.rand(tokens, d // 2)) if rotary else (None, None)
+        _backward(qk_norm.qk_norm(keys, w, None, None if rms else _tensor((d,), t), cos, sin, rms))
+    return Case(name, run, d * t.itemsize, dtype)
+
+
 def group_norm_case(channels: int, groups: int, positions: tuple[int, int], dtype: str, channels_last: bool = False,
                     affine: bool = True, batch: int = 2) -> Case:
     from normlib.kernels import group_norm
@@ -303,6 +317,10 @@ def cases() -> list[Case]:
             found.append(rowwise_case(n, "fp32", rms, memory_efficient=True))
             found.append(rowwise_case(n, "bf16", rms, residual=True, weight_dtype="fp32", strided=True))
             found.append(rowwise_case(n, "bf16", rms, residual=True, modulated=True))
+    for dtype in DTYPES:   # per-head QK-norm, with and without the rotary embedding
+        for d in (64, 128, 256, 4096):
+            for rms, rotary in ((True, True), (True, False), (False, True)):
+                found.append(qk_norm_case(d, dtype, rms, rotary, heads=8 if d <= 256 else 1))
     for dtype in DTYPES:   # DyT, both layouts
         for shape in ((64, 4096), (64, 1000), (8, 64, 32, 32), (8, 3, 7, 7)):
             found.append(dyt_case(shape, dtype, channels_last=len(shape) == 2))
