@@ -519,22 +519,39 @@ def group_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
+    *,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = False,
 ) -> torch.Tensor:
     """Group normalization: per example, statistics over a group of channels and all
     spatial positions. ``num_groups=1`` is LayerNorm over ``(C, *)``; ``num_groups=C`` is
     InstanceNorm. Same signature and semantics as :func:`torch.nn.functional.group_norm`.
 
-    Derived in ``chapters/05_group_norm.ipynb``.
+    Keyword-only, what a diffusion UNet's residual block does next (Dhariwal & Nichol's
+    scale-shift norm): ``scale``, ``shift`` of shape ``(N, C)`` (from the time embedding) give
+    ``y * (1 + scale) + shift``, and ``silu=True`` applies SiLU after that; computed in float32
+    (or wider), rounded once, and fused into one kernel on CUDA tensors.
+
+    Derived in ``chapters/05_group_norm.ipynb``; the fused kernel in ``chapters/20_kernels.ipynb``.
     """
-    if type(num_groups) is int and num_groups > 0 and _native_cpu(input, eps, (weight, bias)):
+    if (scale is None and shift is None and silu is False and type(num_groups) is int and num_groups > 0
+            and _native_cpu(input, eps, (weight, bias))):
         return _native(torch.group_norm, _check_group_norm, (input, num_groups, weight, bias), input, num_groups,
                        weight, bias, eps, False)
     V.check_eps(eps)
     _check_group_norm(input, num_groups, weight, bias)
+    if (scale is None) != (shift is None):
+        raise ValueError("scale, shift: expected both or neither")
+    if scale is not None:
+        for name, t in (("scale", scale), ("shift", shift)):
+            V.check_param(t, name, tuple(input.shape[:2]), input)
+    if not isinstance(silu, bool):
+        raise TypeError(f"silu: expected a bool, got {type(silu).__name__}")
     if _use_kernels(input) and input.numel():
         from normlib.kernels import group_norm as kernel
-        return kernel.group_norm(input, num_groups, weight, bias, eps)
-    return reference.group_norm(input, num_groups, weight, bias, eps)
+        return kernel.group_norm(input, num_groups, weight, bias, eps, scale, shift, silu)
+    return reference.group_norm(input, num_groups, weight, bias, eps, scale=scale, shift=shift, silu=silu)
 
 
 def _check_group_norm(input, num_groups, weight, bias) -> None:

@@ -182,9 +182,16 @@ def partial_rms_norm(input, normalized_shape, fraction, weight=None, eps=None) -
     return _affine(y, weight, None).to(input.dtype)
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
-    """Per example, statistics over each group of ``C / num_groups`` channels and all positions.
-    Derived in ``chapters/05_group_norm.ipynb``."""
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, shift=None,
+               silu=False) -> torch.Tensor:
+    """Per example, statistics over each group of ``C / num_groups`` channels and all positions;
+    then, optionally, a diffusion UNet's ``y * (1 + scale) + shift`` (``(N, C)``, per example)
+    and SiLU, in float32 (or wider), rounded once. Derived in ``chapters/05_group_norm.ipynb``."""
+    if scale is not None or silu:
+        y = group_norm(input.to(stats_dtype(input.dtype)), num_groups, weight, bias, eps)   # the same statistics
+        if scale is not None:
+            y = y * (1 + per_condition(scale, y, channels_last=False)) + per_condition(shift, y, channels_last=False)
+        return (TF.silu(y) if silu else y).to(input.dtype)
     n, channels = input.shape[:2]
     # explicit sizes: a -1 cannot be inferred for an empty batch
     group_size = (channels // num_groups) * math.prod(input.shape[2:])

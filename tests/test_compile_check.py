@@ -46,12 +46,13 @@ def test_every_configuration_compiles_for_sm80_and_sm90(record):
                  "rowwise._backward_chunked_kernel", "rowwise._weight_gradient_kernel",
                  "group_norm._forward_kernel", "group_norm._backward_kernel",
                  "batch_norm._partial_statistics_kernel", "batch_norm._normalize_kernel",
-                 "batch_norm._partial_gradient_sums_kernel", "batch_norm._input_gradient_kernel"):
+                 "batch_norm._partial_gradient_sums_kernel", "batch_norm._input_gradient_kernel",
+                 "dyt._forward_kernel", "dyt._backward_kernel", "qk_norm._forward_kernel", "qk_norm._backward_kernel"):
         assert name in kernels, f"{name} was never compiled"
     assert record["table"].count("\n") == len(record["launches"]) + 2
 
 
-@pytest.mark.parametrize("family", ["rowwise", "group_norm", "batch_norm"])
+@pytest.mark.parametrize("family", ["rowwise", "group_norm", "batch_norm", "dyt", "qk_norm"])
 def test_no_spills_full_width_loads_and_one_variant_per_configuration(record, family):
     found = _problems(record, family)
     assert not found, "\n".join(found)

@@ -402,7 +402,9 @@ def test_custom_ops_pass_torch_library_opcheck():
         torch.library.opcheck(torch.ops.normlib.rowwise_norm_forward, args)
     images = torch.randn(2, 4, 3, 3, device=DEVICE, requires_grad=True)
     c = torch.rand(4, device=DEVICE, requires_grad=True)
-    torch.library.opcheck(torch.ops.normlib.group_norm_forward, (images, c, c, 2, 1e-5))
+    torch.library.opcheck(torch.ops.normlib.group_norm_forward, (images, c, c, 2, 1e-5, None, None, False))
+    per_example = [torch.rand(2, 4, device=DEVICE, requires_grad=True) for _ in range(2)]   # a UNet's time embedding
+    torch.library.opcheck(torch.ops.normlib.group_norm_forward, (images, c, c, 2, 1e-5, *per_example, True))
     torch.library.opcheck(torch.ops.normlib.batch_norm_training_forward, (images, c, c, 1e-5))
     torch.library.opcheck(torch.ops.normlib.channel_affine, (images, c.detach().clone().requires_grad_(), c, c))
 

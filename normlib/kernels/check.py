@@ -251,17 +251,19 @@ def qk_norm_case(d: int, dtype: str, rms: bool = True, rotary: bool = True, head
 
 
 def group_norm_case(channels: int, groups: int, positions: tuple[int, int], dtype: str, channels_last: bool = False,
-                    affine: bool = True, batch: int = 2) -> Case:
+                    affine: bool = True, batch: int = 2, modulated: bool = False, silu: bool = False) -> Case:
+    """One GroupNorm configuration; ``modulated`` and ``silu``: a UNet's scale-shift and SiLU fused."""
     from normlib.kernels import group_norm
     t = DTYPES[dtype]
     name = f"group_norm C={channels} G={groups} HW={positions[0]}x{positions[1]} {dtype}" + \
         (" channels_last" if channels_last else "") + ("" if affine else " no affine") + \
-        (f" N={batch}" if batch != 2 else "")
+        (f" N={batch}" if batch != 2 else "") + (" modulated" if modulated else "") + (" silu" if silu else "")
 
     def run():
         x = _tensor((batch, channels, *positions), t, channels_last)
         w, b = (_tensor((channels,), t), _tensor((channels,), t)) if affine else (None, None)
-        _backward(group_norm.group_norm(x, groups, w, b))
+        scale, shift = (_tensor((batch, channels), t), _tensor((batch, channels), t)) if modulated else (None, None)
+        _backward(group_norm.group_norm(x, groups, w, b, 1e-5, scale, shift, silu))
     run_bytes = (channels // groups if channels_last else positions[0] * positions[1]) * t.itemsize
     return Case(name, run, run_bytes, dtype)
 
@@ -332,6 +334,11 @@ def cases() -> list[Case]:
         found.append(group_norm_case(64, 32, (16, 16), dtype, affine=False))
         for channels_last in (False, True):   # one group: its positions split across programs
             found.append(group_norm_case(64, 1, (64, 64), dtype, channels_last, batch=1))
+            # a diffusion UNet's norm, scale-shift and SiLU, at batch 2 and (sliced) 1
+            found.append(group_norm_case(320, 32, (16, 16), dtype, channels_last, modulated=True, silu=True))
+            found.append(group_norm_case(320, 32, (32, 32), dtype, channels_last, batch=1, modulated=True,
+                                         silu=True))
+            found.append(group_norm_case(64, 32, (16, 16), dtype, channels_last, silu=True))
         for channels_last in (False, True):
             for channels, hw in ((64, (32, 32)), (256, (7, 7)), (3, (5, 5))):
                 found.append(batch_norm_case(channels, hw, dtype, channels_last))
