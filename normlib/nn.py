@@ -22,6 +22,7 @@ __all__ = [
     "BatchGroupNorm",
     "LayerNorm",
     "RMSNorm",
+    "QKNorm",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -299,10 +300,10 @@ class _RowwiseNorm(nn.Module):
         else:
             self.register_parameter("weight", None)
 
-    def _options(self, residual) -> dict:
+    def _options(self, residual, gate, scale, shift) -> dict:
         return dict(residual=residual, weight_offset=self.weight_offset, casting_mode=self.casting_mode,
                     out_dtype=self.out_dtype, residual_dtype=self.residual_dtype if residual is not None else None,
-                    memory_efficient=self.memory_efficient)
+                    memory_efficient=self.memory_efficient, gate=gate, scale=scale, shift=shift)
 
     def _extra_options(self) -> str:
         defaults = dict(weight_offset=0.0, casting_mode="fp32", out_dtype=None, residual_dtype=None,
@@ -314,7 +315,8 @@ class LayerNorm(_RowwiseNorm):
     """Layer normalization (Ba, Kiros & Hinton 2016); same API as :class:`torch.nn.LayerNorm`,
     plus the keyword options of :func:`normlib.functional.layer_norm` (``weight_offset``,
     ``casting_mode``, ``out_dtype``, ``residual_dtype``, ``memory_efficient``) and
-    ``forward(input, residual=None)``. Derived in ``chapters/03_layer_norm.ipynb``."""
+    ``forward(input, residual=None, *, gate=None, scale=None, shift=None)``: the fused residual
+    add and adaLN(-Zero)'s modulation. Derived in ``chapters/03_layer_norm.ipynb``."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None, *,
                  weight_offset: float = 0.0, casting_mode: str = "fp32", out_dtype: torch.dtype | None = None,
@@ -328,8 +330,10 @@ class LayerNorm(_RowwiseNorm):
         bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory)) if elementwise_affine and bias else None
         self.register_parameter("bias", bias)
 
-    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, **self._options(residual))
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None, *, gate: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None, shift: torch.Tensor | None = None):
+        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                             **self._options(residual, gate, scale, shift))
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -360,12 +364,14 @@ class RMSNorm(_RowwiseNorm):
             raise ValueError("partial_fraction: pRMSNorm takes none of the options weight_offset, casting_mode, "
                              "out_dtype, residual_dtype, memory_efficient")
 
-    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None, *, gate: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None, shift: torch.Tensor | None = None):
         if self.partial_fraction is not None:
-            if residual is not None:
-                raise ValueError("residual: pRMSNorm (partial_fraction) takes no residual")
+            if residual is not None or gate is not None or scale is not None or shift is not None:
+                raise ValueError("residual: pRMSNorm (partial_fraction) takes no residual, gate, scale or shift")
             return NF.partial_rms_norm(input, self.normalized_shape, self.partial_fraction, self.weight, self.eps)
-        return NF.rms_norm(input, self.normalized_shape, self.weight, self.eps, **self._options(residual))
+        return NF.rms_norm(input, self.normalized_shape, self.weight, self.eps,
+                           **self._options(residual, gate, scale, shift))
 
     def extra_repr(self) -> str:
         partial = f", partial_fraction={self.partial_fraction}" if self.partial_fraction is not None else ""
@@ -381,25 +387,61 @@ def _check_groups(num_groups, num_channels) -> None:
 
 
 class GroupNorm(nn.Module):
-    """Group normalization (Wu & He 2018); same API as :class:`torch.nn.GroupNorm`.
+    """Group normalization (Wu & He 2018); same API as :class:`torch.nn.GroupNorm`, plus
+    ``silu=True`` (keyword) for the SiLU that follows it in diffusion UNets, and
+    ``forward(input, scale=None, shift=None)`` for their scale-shift from the time embedding
+    (``(N, C)``): ``silu(norm(x) * (1 + scale) + shift)``, one fused kernel on CUDA tensors.
     Derived in ``chapters/05_group_norm.ipynb``."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True,
+                 silu: bool = False):
         super().__init__()
         _check_groups(num_groups, num_channels)
         V.check_eps(eps)
-        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        if not isinstance(silu, bool):
+            raise TypeError(f"silu: expected a bool, got {type(silu).__name__}")
+        self.num_groups, self.num_channels, self.eps, self.affine, self.silu = num_groups, num_channels, eps, affine, silu
         factory = {"device": device, "dtype": dtype}
         self.register_parameter("weight", nn.Parameter(torch.ones(num_channels, **factory)) if affine else None)
         self.register_parameter("bias", nn.Parameter(torch.zeros(num_channels, **factory)) if affine and bias else None)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
         V.check_tensor(input, "input", min_dim=2)
         V.check_channels(input, self.num_channels)
-        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        if scale is None and shift is None and not self.silu:
+            return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, scale=scale, shift=shift,
+                             silu=self.silu)
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}" + (", silu=True" if self.silu else ""))
+
+
+class QKNorm(nn.Module):
+    """Per-head QK-norm (:func:`normlib.functional.qk_norm`): RMSNorm (``rms=False``: LayerNorm)
+    over the head dimension of ``(..., T, H, head_dim)`` queries or keys, one gain ``weight``
+    of shape ``(head_dim,)`` shared by the heads (Qwen3's and Gemma 3's ``q_norm``/``k_norm``),
+    and ``forward(x, cos=None, sin=None)`` applies the rotary embedding after it, in the same
+    kernel on CUDA tensors. Derived in ``chapters/14_attention_norms.ipynb``."""
+
+    def __init__(self, head_dim: int, eps: float | None = None, elementwise_affine: bool = True, rms: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        V.check_positive_int(head_dim, "head_dim")
+        V.check_eps(eps, allow_none=True)
+        self.head_dim, self.eps, self.elementwise_affine, self.rms = head_dim, eps, elementwise_affine, rms
+        factory = {"device": device, "dtype": dtype}
+        self.register_parameter("weight", nn.Parameter(torch.ones(head_dim, **factory)) if elementwise_affine else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(head_dim, **factory))
+                                if elementwise_affine and not rms else None)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None):
+        return NF.qk_norm(x, self.weight, self.eps, bias=self.bias, cos=cos, sin=sin, rms=self.rms)
+
+    def extra_repr(self) -> str:
+        return f"{self.head_dim}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, rms={self.rms}"
 
 
 class BatchGroupNorm(nn.Module):

@@ -111,3 +111,12 @@ def test_under_torch_compile():
 def test_bad_input_is_named(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         NF.group_norm(torch.randn(2, 8, 3, 3), 4, **kwargs)
+
+
+def test_module_takes_the_time_embeddings_scale_and_shift():
+    from normlib import nn as NN
+    module = NN.GroupNorm(4, 8, silu=True)
+    x, scale, shift = torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.randn(2, 8)
+    torch.testing.assert_close(module(x, scale, shift), unet_sequence(x, 4, module.weight, module.bias, scale, shift))
+    torch.testing.assert_close(NN.GroupNorm(4, 8)(x), TF.group_norm(x, 4))
+    assert "silu=True" in repr(module)

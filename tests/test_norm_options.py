@@ -427,3 +427,14 @@ def test_bad_modulation_is_named(kwargs, message):
                                             **{k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kwargs.items()})):
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_modules_take_the_residual_gate_and_modulation():
+    x, branch = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    gate, scale, shift = torch.randn(2, 16), torch.randn(2, 16), torch.randn(2, 16)
+    for module, f in ((NN.LayerNorm(16), NF.layer_norm), (NN.RMSNorm(16), NF.rms_norm)):
+        y, summed = module(branch, x, gate=gate, scale=scale, shift=shift)
+        expected = f(branch, (16,), module.weight, *([module.bias] if f is NF.layer_norm else []), residual=x,
+                     gate=gate, scale=scale, shift=shift)
+        torch.testing.assert_close(y, expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(summed, x + gate[:, None] * branch)
