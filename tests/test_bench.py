@@ -43,7 +43,8 @@ def test_benchmark_writes_csv_json_and_figure(tmp_path):
     with open(document_path.with_suffix(".csv")) as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert document_path.with_suffix(".png").stat().st_size > 10_000
-    assert {r["family"] for r in rows} == {"rms_norm", "layer_norm", "group_norm", "batch_norm"}
+    assert {r["family"] for r in rows} == {"rms_norm", "layer_norm", "group_norm", "batch_norm", "dyt", "adaln",
+                                           "qk_norm", "group_norm_silu"}
     assert {r["provider"] for r in rows} >= {"normlib", "torch"}
     for r in rows:
         assert r["ms"] > 0 and r["gb_per_s"] > 0

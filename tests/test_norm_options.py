@@ -438,3 +438,14 @@ def test_modules_take_the_residual_gate_and_modulation():
                      gate=gate, scale=scale, shift=shift)
         torch.testing.assert_close(y, expected[0], rtol=0, atol=0)
         torch.testing.assert_close(summed, x + gate[:, None] * branch)
+
+
+def test_the_api_pages_examples_run():
+    # chapters/api.md shows the options and fused ops in one Python block: it must run as shown
+    import pathlib
+    import re
+    page = (pathlib.Path(__file__).parent.parent / "chapters" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "chapters/api.md", "exec"), {})

@@ -3,8 +3,11 @@
 
 Measures, in one run, the device's copy bandwidth and then the forward and the forward+backward
 time of each normalization (RMSNorm and LayerNorm over the last dimension, GroupNorm, BatchNorm in
-training mode) over a grid of shapes and dtypes, for every provider that is installed:
-normlib's Triton kernels, torch eager, ``torch.compile`` (on a GPU), Liger-Kernel and QuACK.
+training mode) and of each fused op (``FUSED``: DyT, a DiT block's gated residual add, LayerNorm
+and modulation, per-head QK-norm with the rotary embedding read from a fused QKV projection, a
+UNet's GroupNorm, scale-shift and SiLU) over a grid of shapes and dtypes, for every provider that
+is installed: normlib's Triton kernels, torch eager (for a fused op, the unfused sequence of
+PyTorch ops), ``torch.compile`` (on a GPU), Liger-Kernel and QuACK where they have the op.
 Normalization is memory-bound, so each time is reported as effective bandwidth (the bytes the
 operation must move, divided by the time), as a percentage of the measured copy bandwidth, and as
 the ratio of each peer's time to normlib's (above 1: normlib is faster).
@@ -37,6 +40,14 @@ GPU_BATCH_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (2
 CPU_ROWWISE_SHAPES = [(64, 256), (8, 4097)]
 CPU_GROUP_SHAPES = [(2, 8, 8, 8, 4)]
 CPU_BATCH_SHAPES = [(4, 4, 8, 8)]
+GPU_FUSED_SHAPES = {"dyt": [(32768, 1024), (32768, 4096)],          # (rows, features)
+                    "adaln": [(32, 256, 1152), (8, 1024, 4096)],        # (batch, tokens, width): DiT-XL, larger
+                    "qk_norm": [(16, 2048, 32, 128), (16, 2048, 8, 64)],  # (batch, tokens, heads, head_dim)
+                    "group_norm_silu": [(2, 320, 64, 64, 32), (1, 640, 32, 32, 32)]}   # a UNet at batch 2 and 1
+CPU_FUSED_SHAPES = {"dyt": [(16, 64)], "adaln": [(2, 5, 32)], "qk_norm": [(2, 3, 2, 16)],
+                    "group_norm_silu": [(2, 8, 4, 4, 4)]}
+FUSED = list(GPU_FUSED_SHAPES)
+FAMILIES = ["rms_norm", "layer_norm", "group_norm", "batch_norm", *FUSED]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FIELDS = ["device", "family", "shape", "dtype", "direction", "provider", "ms", "bytes", "gb_per_s",
           "percent_of_copy", "normlib_speedup"]
@@ -132,7 +143,9 @@ def _bytes(x: torch.Tensor, params: int, direction: str, stats: int) -> int:
 def _cases(device: str, families: list[str], dtypes: list[str]):
     gpu = device == "cuda"
     for family in families:
-        if family in ("rms_norm", "layer_norm"):
+        if family in FUSED:
+            shapes = (GPU_FUSED_SHAPES if gpu else CPU_FUSED_SHAPES)[family]
+        elif family in ("rms_norm", "layer_norm"):
             shapes = GPU_ROWWISE_SHAPES if gpu else CPU_ROWWISE_SHAPES
         elif family == "group_norm":
             shapes = GPU_GROUP_SHAPES if gpu else CPU_GROUP_SHAPES
@@ -179,6 +192,100 @@ def _measure(family, shape, dtype_name, device, timer, copy_gb_s):
     return rows
 
 
+def _rotary(tokens: int, d: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = torch.arange(tokens, device=device)[:, None] * 10000.0 ** (-torch.arange(0, d, 2, device=device) / d)
+    return angles.cos(), angles.sin()
+
+
+def _fused_problem(family: str, shape: tuple, dtype: torch.dtype, device: str):
+    """A fused op's inputs (those that take gradients first), its providers as
+    ``name -> fn(*inputs)`` returning the outputs to differentiate, and the activation-sized
+    tensors it must read and write forward and backward (the bytes it has to move)."""
+    import torch.nn.functional as TF
+
+    from normlib.kernels import dyt, group_norm, qk_norm, rowwise
+    new = lambda *size: torch.randn(size, device=device, dtype=dtype, requires_grad=True)   # noqa: E731
+    if family == "dyt":
+        rows, width = shape
+        inputs = (new(rows, width), new(1), new(width), new(width))
+        ours = lambda x, a, w, b: dyt.dyt(x, a, w, b)   # noqa: E731
+        eager = lambda x, a, w, b: w * torch.tanh(a * x) + b   # noqa: E731
+        moved = (2, 3)          # x -> y; x, dy -> dx
+    elif family == "adaln":
+        batch, tokens, width = shape
+        inputs = (new(batch, tokens, width), new(batch, tokens, width), *(new(batch, width) for _ in range(3)))
+        ours = lambda x, r, g, sc, sh: rowwise.layer_norm(x, None, None, 1e-6, r, gate=g, scale=sc, shift=sh)  # noqa: E731
+
+        def eager(x, r, g, sc, sh):
+            summed = r + g[:, None] * x
+            return TF.layer_norm(summed, (width,), eps=1e-6) * (1 + sc[:, None]) + sh[:, None], summed
+        moved = (4, 6)          # x, r -> y, sum; dy, dsum, sum, x -> dx, dr
+    elif family == "qk_norm":
+        batch, tokens, heads, d = shape
+        qkv = torch.randn(batch, tokens, 3 * heads * d, device=device, dtype=dtype, requires_grad=True)
+        inputs = (qkv, torch.rand(d, device=device, dtype=dtype, requires_grad=True))
+        cos, sin = _rotary(tokens, d, device)
+
+        def queries(p):
+            return p.view(batch, tokens, 3, heads, d)[:, :, 0]
+        ours = lambda p, w: qk_norm.qk_norm(queries(p), w, 1e-6, None, cos, sin)   # noqa: E731
+
+        def eager(p, w):
+            q = TF.rms_norm(queries(p), (d,), w, 1e-6)
+            first, second = q[..., : d // 2], q[..., d // 2:]
+            c, s = cos[:, None].to(q.dtype), sin[:, None].to(q.dtype)
+            return torch.cat([first * c - second * s, second * c + first * s], -1)
+        moved = (2 / 3, 1)   # thirds of the (B, T, 3HD) projection: q -> y; q, dy -> dq
+    else:   # group_norm_silu
+        batch, channels, h, w_, groups = shape
+        x = torch.randn(batch, channels, h, w_, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        inputs = (x.requires_grad_(), new(channels), new(channels), new(batch, channels), new(batch, channels))
+        ours = lambda x, w, b, sc, sh: group_norm.group_norm(x, groups, w, b, 1e-5, sc, sh, True)   # noqa: E731
+        eager = lambda x, w, b, sc, sh: TF.silu(TF.group_norm(x, groups, w, b) * (1 + sc[:, :, None, None])   # noqa: E731
+                                                + sh[:, :, None, None])
+        moved = (2, 3)
+    providers = {"normlib": ours, "torch": eager}
+    if device == "cuda":
+        providers["torch.compile"] = torch.compile(eager, dynamic=False)
+    if family == "dyt" and device == "cuda" and importlib.util.find_spec("liger_kernel"):
+        try:
+            from liger_kernel.ops.dyt import LigerDyTFunction
+            providers["liger"] = lambda x, a, w, b: LigerDyTFunction.apply(x, a, w, b)   # noqa: E731
+        except ImportError:
+            pass
+    activation = inputs[0].numel() * inputs[0].element_size()
+    return inputs, providers, {"forward": int(moved[0] * activation), "backward": int(moved[1] * activation)}
+
+
+def _measure_fused(family, shape, dtype_name, device, timer, copy_gb_s):
+    inputs, providers, moved = _fused_problem(family, shape, DTYPES[dtype_name], device)
+    moved["forward+backward"] = moved["forward"] + moved["backward"]
+    rows = []
+    for provider, fn in providers.items():
+        def outputs():
+            out = fn(*inputs)
+            return out if isinstance(out, tuple) else (out,)
+        try:
+            first = outputs()
+            grads = [torch.randn_like(o) for o in first]
+            leaves = [t for t in inputs if t.requires_grad]
+            forward_ms = timer(outputs)
+            backward_ms = timer(lambda: torch.autograd.grad(first, leaves, grads, retain_graph=True))
+            total_ms = timer(lambda: torch.autograd.grad(outputs(), leaves, grads))
+        except Exception as error:  # a peer that does not support a shape or dtype is reported, not fatal
+            print(f"  {provider} failed on {family} {shape} {dtype_name}: {type(error).__name__}: {error}")
+            continue
+        for direction, ms in (("forward", forward_ms), ("backward", backward_ms), ("forward+backward", total_ms)):
+            gb_s = moved[direction] / (ms * 1e-3) / 1e9
+            rows.append(dict(device=device_name(), family=family, shape="x".join(map(str, shape)), dtype=dtype_name,
+                             direction=direction, provider=provider, ms=_significant(ms), bytes=moved[direction],
+                             gb_per_s=_significant(gb_s), percent_of_copy=_significant(100 * gb_s / copy_gb_s)))
+    ours = {r["direction"]: r["ms"] for r in rows if r["provider"] == "normlib"}
+    for r in rows:
+        r["normlib_speedup"] = _significant(r["ms"] / ours[r["direction"]]) if r["direction"] in ours else None
+    return rows
+
+
 def run(out: Path, families: list[str], dtypes: list[str]) -> dict:
     """Run the benchmark and write ``<out>/<device>.{csv,json,png}``; returns the JSON document.
     Derived in ``chapters/20_kernels.ipynb``."""
@@ -190,7 +297,8 @@ def run(out: Path, families: list[str], dtypes: list[str]) -> dict:
     print(f"{device_name()}: copy bandwidth {copy_gb_s:.1f} GB/s")
     rows = []
     for family, shape, dtype in _cases(device, families, dtypes):
-        measured = _measure(family, shape, dtype, device, timer, copy_gb_s)
+        measure = _measure_fused if family in FUSED else _measure
+        measured = measure(family, shape, dtype, device, timer, copy_gb_s)
         rows += measured
         for r in measured:
             print(f"  {family:10s} {r['shape']:>16s} {dtype} {r['direction']:16s} {r['provider']:13s} "
@@ -290,6 +398,10 @@ def goal_report(document: dict) -> list[dict]:
     add("GroupNorm forward+backward: lowest speedup over torch eager", worst_ratio(("group_norm",), "forward+backward", ["torch"]), 2.0)
     add("BatchNorm training forward+backward: lowest speedup over torch eager",
         worst_ratio(("batch_norm",), "forward+backward", ["torch"]), 1.2)
+    add(f"Fused ops ({', '.join(FUSED)}) forward+backward: lowest speedup over the unfused PyTorch sequence",
+        worst_ratio(tuple(FUSED), "forward+backward", ["torch"]), 1.5)
+    add("Fused ops forward+backward: lowest speedup over torch.compile of the sequence",
+        worst_ratio(tuple(FUSED), "forward+backward", ["torch.compile"]), 1.0)
     return goals
 
 
@@ -298,7 +410,7 @@ def main(argv=None) -> None:
     or ``--cpu [--tiny]`` for the CPU table. Derived in ``chapters/20_kernels.ipynb``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for CSV, JSON and PNG")
-    parser.add_argument("--families", default="rms_norm,layer_norm,group_norm,batch_norm")
+    parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--dtypes", default="bf16,fp32")
     parser.add_argument("--cpu", action="store_true", help="the CPU table: normlib.functional, its reference and torch")
     parser.add_argument("--tiny", action="store_true", help="with --cpu: tiny shapes and few rounds (a smoke test)")
@@ -308,10 +420,10 @@ def main(argv=None) -> None:
         cpu_bench.main(args.out, tiny=args.tiny)
         return
     families = args.families.split(",")
-    unknown = [f for f in families if f not in ("rms_norm", "layer_norm", "group_norm", "batch_norm")]
+    unknown = [f for f in families if f not in FAMILIES]
     dtypes = args.dtypes.split(",")
     if unknown or any(d not in DTYPES for d in dtypes):
-        parser.error(f"--families: expected some of rms_norm,layer_norm,group_norm,batch_norm; --dtypes: some of "
+        parser.error(f"--families: expected some of {','.join(FAMILIES)}; --dtypes: some of "
                      f"{','.join(DTYPES)}; got {args.families!r}, {args.dtypes!r}")
     run(args.out, families, dtypes)
 
