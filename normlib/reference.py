@@ -305,7 +305,7 @@ def modulate(input, shift, scale, channels_last=True) -> torch.Tensor:
 def per_condition(p, like, channels_last=True) -> torch.Tensor:
     """A per-example ``(N, C)`` tensor viewed to broadcast over ``like``'s positions
     (``(N, 1, ..., 1, C)``, or ``(N, C, 1, ..., 1)`` channels-first), in ``like``'s dtype; a
-    tensor of ``like``'s shape (per element) as it is."""
+    tensor of ``like``'s shape (per element) as it is. Derived in ``chapters/19_conditional_norms.ipynb``."""
     p = p.to(like.dtype)
     if p.shape == like.shape:
         return p

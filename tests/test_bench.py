@@ -85,3 +85,17 @@ def test_goal_report_checks_each_goal_against_its_threshold():
     # eager 2.5 >= 1.5; group norm 2.1 >= 2; batch norm not measured; fused ops over their unfused
     # sequence: the worst, 1.4 < 1.5; over torch.compile 1.1 >= 1
     assert met == [True, False, True, True, False, True, True, None, False, True], report
+
+
+def test_fusion_traffic_counts_the_listed_steps():
+    from normlib.book.bench import FUSION_STEPS, fusion_traffic
+    rows = fusion_traffic({op: 2e6 for op in FUSION_STEPS})
+    assert len(rows) == 2 * len(FUSION_STEPS)
+    for r in rows:
+        steps = FUSION_STEPS[r["op"]]
+        assert r["unfused"] == sum(a + b for _, a, b in steps["unfused"][r["direction"]])
+        assert r["normlib"] == sum(a + b for _, a, b in steps["normlib"][r["direction"]])
+        assert r["unfused_mb"] == pytest.approx(2 * r["unfused"]) and r["ratio"] > 1
+    dyt = {r["direction"]: r for r in rows if r["op"].startswith("DyT")}
+    # four elementwise passes of read + write against one: 8 tensors against 2
+    assert (dyt["forward"]["unfused"], dyt["forward"]["normlib"]) == (8, 2)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["run", "goal_report", "figure", "copy_bandwidth", "main"]
+__all__ = ["run", "goal_report", "figure", "copy_bandwidth", "fusion_traffic", "FUSION_STEPS", "main"]
 
 GPU_ROWWISE_SHAPES = [(32768, n) for n in (256, 512, 1024, 2048, 4096, 8192, 16384)] + [(4096, 65536), (1024, 262144)]
 GPU_GROUP_SHAPES = [(32, 256, 56, 56, 32), (32, 512, 28, 28, 32), (16, 128, 128, 128, 32), (8, 64, 256, 256, 32)]
@@ -51,6 +51,69 @@ FAMILIES = ["rms_norm", "layer_norm", "group_norm", "batch_norm", *FUSED]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FIELDS = ["device", "family", "shape", "dtype", "direction", "provider", "ms", "bytes", "gb_per_s",
           "percent_of_copy", "normlib_speedup"]
+
+
+# What each fused op reads and writes, counted in activation-sized tensors (one tensor of the
+# op's input shape; per-channel vectors and statistics are negligible): the unfused PyTorch
+# sequence as one kernel per step, each step reading its inputs and writing its outputs once (a
+# reduction of a product counted as one read of each operand, which flatters the unfused side),
+# against normlib's kernels, with the steps they leave to PyTorch listed. Steps are
+# (what, tensors read, tensors written).
+FUSION_STEPS = {
+    "DyT (replacing LayerNorm)": {
+        "unfused": {"forward": [("alpha * x", 1, 1), ("tanh", 1, 1), ("* weight", 1, 1), ("+ bias", 1, 1)],
+                    "backward": [("dbias = sum(dy)", 1, 0), ("dweight = sum(dy * t)", 2, 0), ("dt = dy * weight", 1, 1),
+                                 ("dz = dt * (1 - t^2)", 2, 1), ("dx = dz * alpha", 1, 1),
+                                 ("dalpha = sum(dz * x)", 2, 0)]},
+        "normlib": {"forward": [("one kernel: x -> y", 1, 1)],
+                    "backward": [("one kernel: x, dy -> dx and the parameter sums", 2, 1)]},
+    },
+    "adaLN-Zero: gated residual, LayerNorm, modulation": {
+        "unfused": {"forward": [("gate * branch", 1, 1), ("residual + gated branch", 2, 1), ("layer_norm", 1, 1),
+                                ("* (1 + scale)", 1, 1), ("+ shift", 1, 1)],
+                    "backward": [("dshift = sum(dy)", 1, 0), ("dscale = sum(dy * normalized)", 2, 0),
+                                 ("d normalized = dy * (1 + scale)", 1, 1), ("layer_norm backward", 2, 1),
+                                 ("+ the stream's own gradient", 2, 1), ("dgate = sum(dsum * branch)", 2, 0),
+                                 ("dbranch = dsum * gate", 1, 1)]},
+        "normlib": {"forward": [("one kernel: branch, residual -> y, sum", 2, 2)],
+                    "backward": [("one kernel: dy, sum -> d sum, dscale, dshift", 2, 1),
+                                 ("+ the stream's own gradient (PyTorch)", 2, 1),
+                                 ("dgate = sum(dsum * branch) (PyTorch)", 2, 0),
+                                 ("dbranch = dsum * gate (PyTorch)", 1, 1)]},
+    },
+    "QK-norm and rotary embedding (queries or keys)": {
+        "unfused": {"forward": [("rms_norm of the strided slice", 1, 1),
+                                ("four half-size products with cos and sin", 2, 2), ("two half-size sums", 2, 1),
+                                ("cat of the halves", 1, 1)],
+                    "backward": [("four half-size products with cos and sin", 2, 2), ("a negation", 0.5, 0.5),
+                                 ("each half's two gradients added", 2, 1), ("the halves' gradients assembled", 1, 1),
+                                 ("rms_norm backward", 2, 1)]},
+        "normlib": {"forward": [("one kernel: the slice, read in place -> y", 1, 1)],
+                    "backward": [("one kernel: slice, dy -> dslice", 2, 1)]},
+    },
+    "GroupNorm, scale-shift and SiLU (UNet)": {
+        "unfused": {"forward": [("group_norm", 1, 1), ("* (1 + scale)", 1, 1), ("+ shift", 1, 1), ("silu", 1, 1)],
+                    "backward": [("silu backward", 2, 1), ("dshift = sum(dh)", 1, 0), ("dscale = sum(dh * normalized)", 2, 0),
+                                 ("d normalized = dh * (1 + scale)", 1, 1), ("group_norm backward", 2, 1)]},
+        "normlib": {"forward": [("one kernel: x -> y", 1, 1)],
+                    "backward": [("one kernel: x, dy -> dx, dscale, dshift and the parameter sums", 2, 1)]},
+    },
+}
+
+
+def fusion_traffic(activation_bytes: dict) -> list[dict]:
+    """For each fused op of ``FUSION_STEPS`` and direction: the activation-sized tensors the
+    unfused sequence and normlib move, their ratio, and the megabytes at ``activation_bytes[op]``
+    bytes per tensor (a model's shape). Derived in ``chapters/20_kernels.ipynb``."""
+    rows = []
+    for op, variants in FUSION_STEPS.items():
+        for direction in ("forward", "backward"):
+            moved = {name: sum(r + w for _, r, w in steps[direction]) for name, steps in variants.items()}
+            rows.append(dict(op=op, direction=direction, unfused=moved["unfused"], normlib=moved["normlib"],
+                             ratio=moved["unfused"] / moved["normlib"],
+                             unfused_mb=moved["unfused"] * activation_bytes[op] / 1e6,
+                             normlib_mb=moved["normlib"] * activation_bytes[op] / 1e6))
+    return rows
 
 
 def device_name() -> str:
