@@ -327,3 +327,19 @@ def test_max_attention_logits_by_hand():
     # the logits of the future are masked: softmax of the logits is the attention itself
     logits = gpt.blocks[0].attention.attention_logits(gpt.blocks[0].norm_attention(gpt.hidden_states(ids)[0]))
     assert torch.isinf(logits[..., 0, 1:]).all() and torch.isfinite(logits[..., -1, :]).all()
+
+
+def test_gpt_with_qknorm_module_is_gpt_with_a_layer_norm_per_head():
+    # nn.QKNorm normalizes and rotates in one op, read from the fused projection; the same
+    # function as a LayerNorm per head followed by the rotary encoding, and the same state dict
+    from normlib import nn as NN
+    from normlib.book.models.gpt import GPT
+    ids = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(0))
+    outputs, states = [], []
+    for qk in (lambda d: NN.LayerNorm(d), lambda d: NN.QKNorm(d, rms=False)):
+        torch.manual_seed(0)
+        gpt = GPT(vocab_size=65, context=16, width=64, depth=2, heads=4, qk_norm=qk, positions="rotary").double()
+        outputs.append(gpt(ids))
+        states.append(gpt.state_dict())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    assert list(states[0]) == list(states[1])

@@ -11,7 +11,19 @@ import torch.nn.functional as TF
 from torch import nn
 
 from normlib.functional import l2_normalize
-from normlib.nn import LayerNorm
+from normlib.nn import LayerNorm, QKNorm
+
+
+def rotary_tables(positions: int, d: int, device=None, dtype=torch.float32,
+                  base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of the rotary angles ``t * base**(-2i/d)``, each ``(positions, d/2)``,
+    in float32 at least (``t * f`` needs the digits)."""
+    if d % 2:
+        raise ValueError(f"x: expected an even head dimension for rotary positions, got {d}")
+    dtype = torch.promote_types(dtype, torch.float32)
+    frequencies = base ** (-torch.arange(0, d, 2, device=device, dtype=dtype) / d)
+    angles = torch.arange(positions, device=device, dtype=dtype)[:, None] * frequencies
+    return angles.cos(), angles.sin()
 
 
 def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -19,12 +31,7 @@ def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     ``(i, i + d/2)`` of position ``t`` are rotated by the angle ``t * base**(-2i/d)``, so that
     ``q_t . k_s`` depends on the offset ``t - s``. A rotation keeps every vector's norm."""
     t, d = x.shape[-2], x.shape[-1]
-    if d % 2:
-        raise ValueError(f"x: expected an even head dimension for rotary positions, got {d}")
-    dtype = torch.promote_types(x.dtype, torch.float32)  # angles in fp32 at least: t * f needs the digits
-    frequencies = base ** (-torch.arange(0, d, 2, device=x.device, dtype=dtype) / d)
-    angles = torch.arange(t, device=x.device, dtype=dtype)[:, None] * frequencies
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    cos, sin = (table.to(x.dtype) for table in rotary_tables(t, d, x.device, x.dtype, base))
     first, second = x[..., : d // 2], x[..., d // 2:]
     return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
 
@@ -33,7 +40,9 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused query/key/value projection.
     ``qk_norm(head_width)``, when given, builds a norm applied to every head's queries and keys
     over the head dimension before the rotary encoding (QK-norm: Henry et al. 2020, Dehghani
-    et al. 2023, Wortsman et al. 2024); the softmax keeps its ``1/sqrt(head_width)`` scale."""
+    et al. 2023, Wortsman et al. 2024); the softmax keeps its ``1/sqrt(head_width)`` scale. A
+    :class:`normlib.nn.QKNorm` does both in one op (:func:`normlib.functional.qk_norm`), reading
+    the queries and keys in place from the fused projection."""
 
     def __init__(self, width: int, heads: int, rotary_positions: bool = False,
                  qk_norm: Callable[[int], nn.Module] | None = None):
@@ -49,7 +58,14 @@ class CausalSelfAttention(nn.Module):
     def queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(N, T, width)`` -> three ``(N, heads, T, width / heads)`` tensors."""
         n, t, d = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(n, t, 3, self.heads, d // self.heads)
+        if isinstance(getattr(self, "q_norm", None), QKNorm):
+            # per-head QK-norm and the rotary encoding in one op (one kernel on a GPU), the
+            # queries and keys read in place from the fused projection
+            cos, sin = rotary_tables(t, d // self.heads, x.device, x.dtype) if self.rotary_positions else (None, None)
+            q, k = (norm(qkv[:, :, i], cos, sin).transpose(1, 2) for i, norm in enumerate((self.q_norm, self.k_norm)))
+            return q, k, qkv[:, :, 2].transpose(1, 2)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary_positions:
