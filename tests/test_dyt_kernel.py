@@ -1,25 +1,16 @@
 """The DyT kernel (``normlib.kernels.dyt``) against the reference ``normlib.reference.dyt``: in
 Triton's interpreter on a CPU (``tests/conftest.py``), natively on a GPU."""
 
-import os
-import platform
-
 import pytest
 import torch
 
 from normlib import functional as NF
 from normlib import reference
 
-if platform.system() == "Linux" and platform.machine() == "x86_64":
-    import triton  # noqa: F401  (a test dependency here: its absence must fail, not skip)
-else:
-    pytest.importorskip("triton")
-GPU = torch.cuda.is_available()
-assert GPU or os.environ.get("TRITON_INTERPRET") == "1"
+from kernel_device import DEVICE, GPU  # noqa: E402  (Triton, or the interpreter, before the kernels)
 
 from normlib.kernels import dyt as kernel  # noqa: E402
 
-DEVICE = "cuda" if GPU else "cpu"
 # against a float64 reference on the same rounded inputs: outputs within an ulp or two of the
 # output dtype, gradients (sums over many elements for the parameters) a little wider
 TOLERANCES = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),

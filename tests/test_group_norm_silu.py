@@ -3,9 +3,6 @@
 models' unfused sequence, the kernel (Triton's interpreter on a CPU) against the reference, in
 both layouts, with the positions of a group split across programs at batch 1."""
 
-import os
-import platform
-
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -13,16 +10,10 @@ import torch.nn.functional as TF
 from normlib import functional as NF
 from normlib import reference
 
-if platform.system() == "Linux" and platform.machine() == "x86_64":
-    import triton  # noqa: F401  (a test dependency here: its absence must fail, not skip)
-else:
-    pytest.importorskip("triton")
-GPU = torch.cuda.is_available()
-assert GPU or os.environ.get("TRITON_INTERPRET") == "1"
+from kernel_device import DEVICE, GPU  # noqa: E402  (Triton, or the interpreter, before the kernels)
 
 from normlib.kernels import group_norm as kernel  # noqa: E402
 
-DEVICE = "cuda" if GPU else "cpu"
 TOLERANCES = {torch.float32: dict(atol=3e-5, rtol=3e-5), torch.bfloat16: dict(atol=3e-2, rtol=2e-2),
               torch.float16: dict(atol=4e-3, rtol=3e-3)}
 

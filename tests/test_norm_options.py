@@ -4,9 +4,6 @@ dtypes, a float32 residual stream, strided rows read in place and the memory-lig
 the reference path (CPU) and the kernel path (Triton's interpreter on a CPU, see
 ``tests/test_kernels.py``)."""
 
-import os
-import platform
-
 import pytest
 import torch
 
@@ -14,16 +11,10 @@ from normlib import functional as NF
 from normlib import nn as NN
 from normlib import reference
 
-GPU = torch.cuda.is_available()
-if platform.system() == "Linux" and platform.machine() == "x86_64":
-    import triton  # noqa: F401  (a test dependency here: its absence must fail, not skip)
-else:
-    pytest.importorskip("triton")
-assert GPU or os.environ.get("TRITON_INTERPRET") == "1"
+from kernel_device import DEVICE, GPU  # noqa: E402  (Triton, or the interpreter, before the kernels)
 
 from normlib.kernels import rowwise  # noqa: E402
 
-DEVICE = "cuda" if GPU else "cpu"
 HALF = [torch.bfloat16, torch.float16]
 
 

@@ -2,25 +2,16 @@
 against a transcription of the models' code in float64, and the kernel (Triton's interpreter on
 a CPU, ``tests/conftest.py``) against the reference, read in place from a fused projection."""
 
-import os
-import platform
-
 import pytest
 import torch
 
 from normlib import functional as NF
 from normlib import reference
 
-if platform.system() == "Linux" and platform.machine() == "x86_64":
-    import triton  # noqa: F401  (a test dependency here: its absence must fail, not skip)
-else:
-    pytest.importorskip("triton")
-GPU = torch.cuda.is_available()
-assert GPU or os.environ.get("TRITON_INTERPRET") == "1"
+from kernel_device import DEVICE, GPU  # noqa: E402  (Triton, or the interpreter, before the kernels)
 
 from normlib.kernels import qk_norm as kernel  # noqa: E402
 
-DEVICE = "cuda" if GPU else "cpu"
 TOLERANCES = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=3e-2, rtol=2e-2),
               torch.float16: dict(atol=4e-3, rtol=3e-3)}
 
