@@ -490,6 +490,13 @@ def qk_norm(
         from normlib.kernels import qk_norm as kernel
         if d <= kernel.MAX_D:
             return kernel.qk_norm(input, weight, eps, bias, cos, sin, rms)
+    if input.dtype in (torch.float32, torch.float64) and _native_cpu(input, 1e-5 if eps is None else float(eps),
+                                                                      (weight, bias)):
+        # float32 or wider on a CPU: torch's native norm computes what the reference's does, and the
+        # rotation then runs in the input dtype, as the reference's (one rounding either way)
+        norm = (torch.rms_norm(input, (d,), weight, eps) if rms
+                else torch.layer_norm(input, (d,), weight, bias, 1e-5 if eps is None else eps))
+        return reference.rotate_halves(norm, cos, sin) if cos is not None else norm
     return reference.qk_norm(input, weight, eps, bias, cos, sin, rms)
 
 

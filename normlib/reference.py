@@ -28,7 +28,7 @@ from normlib._validation import batch_axes, per_channel, spatial_axes, stats_dty
 __all__ = ["standardize", "batch_norm", "mean_only_batch_norm", "layer_norm", "rms_norm", "partial_rms_norm", "group_norm",
            "instance_norm", "local_response_norm", "adain", "l2_normalize", "scale_norm", "dyt", "weight_standardization",
            "scaled_weight_standardization", "gaussian_window", "local_contrast_statistics",
-           "local_contrast_norm", "global_response_norm", "modulate", "per_condition", "residual_add", "qk_norm"]
+           "local_contrast_norm", "global_response_norm", "modulate", "per_condition", "residual_add", "qk_norm", "rotate_halves"]
 
 
 def standardize(x: torch.Tensor, dims, eps: float):
@@ -97,7 +97,7 @@ def mean_only_batch_norm(input, running_mean, bias=None, training=False, momentu
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, weight_offset=0.0, casting_mode="fp32",
                out_dtype=None) -> torch.Tensor:
     """Layer normalization over the trailing ``normalized_shape`` axes of each example, with
-    gain ``weight_offset + weight``, rounded where ``casting_mode`` says (:func:`_gain`).
+    gain ``weight_offset + weight``, rounded where ``casting_mode`` says (``_gain``).
     Derived in ``chapters/03_layer_norm.ipynb``."""
     dims = tuple(range(-len(normalized_shape), 0))
     if casting_mode == "none":
@@ -111,7 +111,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, wei
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, weight_offset=0.0, casting_mode="fp32",
              out_dtype=None) -> torch.Tensor:
     """``x / sqrt(mean(x^2) + eps) * (weight_offset + gamma)`` over the trailing axes; ``eps=None``
-    is the input dtype's machine epsilon; rounded where ``casting_mode`` says (:func:`_gain`).
+    is the input dtype's machine epsilon; rounded where ``casting_mode`` says (``_gain``).
     Derived in ``chapters/04_rms_norm.ipynb``."""
     eps = torch.finfo(input.dtype).eps if eps is None else eps
     dims = tuple(range(-len(normalized_shape), 0))
@@ -153,11 +153,16 @@ def qk_norm(input, weight=None, eps=None, bias=None, cos=None, sin=None, rms=Tru
         y = rms_norm(input, (input.shape[-1],), weight, eps, out_dtype=wide)
     else:
         y = layer_norm(input, (input.shape[-1],), weight, bias, 1e-5 if eps is None else eps, out_dtype=wide)
-    if cos is not None:
-        first, second = y.chunk(2, dim=-1)
-        cos, sin = cos.to(wide)[:, None, :], sin.to(wide)[:, None, :]   # (T, 1, D/2): over the heads
-        y = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
-    return y.to(input.dtype)
+    return (rotate_halves(y, cos, sin) if cos is not None else y).to(input.dtype)
+
+
+def rotate_halves(y, cos, sin) -> torch.Tensor:
+    """The rotary embedding of ``(..., T, H, D)``: each position's halves ``(a, b)`` of every head
+    rotated to ``(a cos - b sin, b cos + a sin)``, ``cos``/``sin`` of shape ``(T, D/2)``, in
+    ``y``'s dtype. Derived in ``chapters/14_attention_norms.ipynb``."""
+    first, second = y.chunk(2, dim=-1)
+    cos, sin = cos.to(y.dtype)[:, None, :], sin.to(y.dtype)[:, None, :]   # (T, 1, D/2): over the heads
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 
 
 def residual_add(input, residual, residual_dtype, gate=None) -> torch.Tensor:

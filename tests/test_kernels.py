@@ -4,21 +4,12 @@ Without CUDA, ``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` before anything 
 and the shapes stay small: each interpreted program costs milliseconds.
 """
 
-import os
-import platform
-
 import pytest
 import torch
 import torch.nn.functional as TF
 
+from kernel_device import DEVICE, GPU
 from tolerances import TOLERANCES
-
-GPU = torch.cuda.is_available()
-if platform.system() == "Linux" and platform.machine() == "x86_64":
-    import triton  # noqa: F401  (a test dependency here: its absence must fail, not skip)
-else:
-    pytest.importorskip("triton")
-assert GPU or os.environ.get("TRITON_INTERPRET") == "1", "without a GPU the kernels need TRITON_INTERPRET=1 (conftest sets it)"
 
 from normlib import functional as NF  # noqa: E402
 from normlib import kernels  # noqa: E402
@@ -27,7 +18,6 @@ from normlib.kernels import group_norm as kgn  # noqa: E402
 from normlib.kernels import rowwise  # noqa: E402
 from normlib.kernels._common import INTERPRETER_PROGRAMS  # noqa: E402
 
-DEVICE = "cuda" if GPU else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Gradients against a float64 reference on the same rounded inputs: sums over rows and a few more
 # roundings than the outputs (whose tolerances are the shared ones of tests/tolerances.py)
